@@ -1,0 +1,3 @@
+from fileserver.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The one frozen configuration object, built by the CLI and passed everywhere."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+# Largest response the kernel can send in one skb: bpf_skb_change_tail stops at 16,064 bytes
+# (SKB_MAX_ALLOC, DESIGN.md section 3), minus Ethernet (14), IPv4 (20) and TCP with timestamps (32).
+KERNEL_MAX_RESPONSE = 16_064 - 14 - 20 - 32
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path = Path("www")
+    port: int = 8080
+    bind: str = "0.0.0.0"
+    interfaces: tuple[str, ...] = ("lo",)
+    kernel_cache: bool = True
+    metrics_port: int = 9180
+    metrics_bind: str = "127.0.0.1"
+    hot_after: int = 3
+    max_kernel_file_size: int = 15 * 1024
+    kernel_cache_entries: int = 1024
+    memory_cache_bytes: int = 64 * 1024 * 1024
+    max_memory_file_size: int = 1024 * 1024
+    autoindex: bool = False
+    access_log: bool = False
+    shutdown_timeout: float = 10.0
+    verbose: bool = False
+
+    def validated(self) -> "Config":
+        """Check the values and return a copy whose root is absolute and resolved."""
+        root = Path(self.root)
+        if not root.exists():
+            raise ConfigError(f"document root {root} does not exist: create it or pass --root DIR")
+        if not root.is_dir():
+            raise ConfigError(f"document root {root} is not a directory: pass --root DIR")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError(f"document root {root} is not readable by this user")
+        for name, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
+            if not 0 <= port <= 65535 or (name == "--port" and port == 0):
+                raise ConfigError(f"{name} {port} is not a valid TCP port (1-65535)")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError("--metrics-port must differ from --port (or be 0 to switch metrics off)")
+        if self.hot_after < 0:
+            raise ConfigError("--hot-after must be 0 (push every eligible file at start) or more")
+        if not 0 < self.max_kernel_file_size <= KERNEL_MAX_RESPONSE:
+            raise ConfigError(
+                f"--max-kernel-file-size must be between 1 and {KERNEL_MAX_RESPONSE} bytes "
+                "(one kernel-built segment holds at most that much)"
+            )
+        if not self.interfaces and self.kernel_cache:
+            raise ConfigError("the kernel path needs at least one --interface (or pass --no-kernel-cache)")
+        return replace(self, root=root.resolve(strict=True))

@@ -1,0 +1,204 @@
+"""The userspace static file handler (aiohttp).
+
+Filesystem work is a few stat calls and, on a cache miss, one read of a small file, so it runs
+inline; large files are sent with sendfile by aiohttp's FileResponse.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from fileserver.http_semantics import (
+    Precondition,
+    RangeUnsatisfiable,
+    Validators,
+    common_headers,
+    evaluate_preconditions,
+    file_headers,
+    http_date,
+    if_range_allows,
+    parse_range,
+)
+from fileserver.resolve import Outcome, Resolver, is_canonical
+from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
+
+log = logging.getLogger(__name__)
+
+ALLOWED_METHODS = "GET, HEAD"
+
+# Called after userspace served a whole small file with 200: (canonical request path, snapshot).
+ServedHook = Callable[[str, Snapshot], None]
+
+
+class DateCache:
+    """The IMF-fixdate of the current second, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._value = second, http_date(second)
+        return self._value
+
+
+class UserStats:
+    """What the userspace path answered (read by the metrics collector)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.response_bytes = 0
+
+
+class StaticHandler:
+    def __init__(
+        self,
+        resolver: Resolver,
+        memcache: MemoryCache,
+        stats: UserStats,
+        *,
+        autoindex: bool = False,
+        on_served: ServedHook | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.memcache = memcache
+        self.stats = stats
+        self.autoindex = autoindex
+        self.on_served = on_served
+        self.dates = DateCache()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.stats.requests += 1
+        return self._respond(request)
+
+    # -- helpers that build complete responses --------------------------------------------------
+
+    def _simple(self, status: int, text: str, extra: list[tuple[str, str]] | None = None) -> web.Response:
+        body = text.encode()
+        headers = CIMultiDict(common_headers(self.dates.now()))
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+        for k, v in extra or ():
+            headers[k] = v
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _respond(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._simple(405, "405: Method Not Allowed\n", [("Allow", ALLOWED_METHODS)])
+        raw_path = request.raw_path
+        resolved = self.resolver.resolve(raw_path)
+        outcome = resolved.outcome
+        if outcome is Outcome.FILE:
+            assert resolved.path is not None
+            return self._file(request, raw_path, resolved.path)
+        if outcome is Outcome.REDIRECT:
+            assert resolved.location is not None
+            return self._simple(301, "301: Moved Permanently\n", [("Location", resolved.location)])
+        if outcome is Outcome.DIRECTORY and self.autoindex:
+            assert resolved.path is not None
+            return self._listing(raw_path, resolved.path)
+        if outcome is Outcome.BAD_REQUEST:
+            return self._simple(400, "400: Bad Request\n")
+        if outcome is Outcome.FORBIDDEN:
+            return self._simple(403, "403: Forbidden\n")
+        return self._simple(404, "404: Not Found\n")
+
+    def _file(self, request: web.Request, raw_path: str, path: Path) -> web.StreamResponse:
+        try:
+            snap = self.memcache.get(path)
+            v = snap.validators if snap is not None else Validators.from_stat(os.stat(path))
+        except FileNotFoundError:
+            return self._simple(404, "404: Not Found\n")
+        except PermissionError:
+            return self._simple(403, "403: Forbidden\n")
+        except FileChanging:
+            log.warning("%s kept changing while being read; answering 503", path)
+            return self._simple(503, "503: File is being modified, retry\n", [("Retry-After", "1")])
+
+        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v))
+        pre = evaluate_preconditions(request.headers, v)
+        if pre is Precondition.NOT_MODIFIED:
+            for name in ("Content-Type", "Content-Length", "Accept-Ranges"):
+                del headers[name]
+            return web.Response(status=304, headers=headers)
+        if pre is Precondition.FAILED:
+            return self._simple(412, "412: Precondition Failed\n")
+
+        try:
+            span = parse_range(request.headers.get("Range"), v.size)
+            if span is not None and not if_range_allows(request.headers.get("If-Range"), v):
+                span = None
+        except RangeUnsatisfiable:
+            return self._simple(416, "416: Range Not Satisfiable\n", [("Content-Range", f"bytes */{v.size}")])
+
+        if snap is None:  # a large file: sendfile, with our headers
+            if span is not None:
+                headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{v.size}"
+            return _LargeFileResponse(path, headers, span)
+        if span is not None:
+            start, end = span
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
+            headers["Content-Length"] = str(end - start)
+            return web.Response(status=206, body=snap.body[start:end], headers=headers)
+        if self.on_served is not None and request.method == "GET" and is_canonical(raw_path.split("?", 1)[0]):
+            self.on_served(raw_path.split("?", 1)[0], snap)
+        return web.Response(body=snap.body, headers=headers)
+
+    def _listing(self, raw_path: str, directory: Path) -> web.Response:
+        names = []
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            suffix = "/" if entry.is_dir() else ""
+            names.append(f'<li><a href="{html.escape(entry.name + suffix)}">{html.escape(entry.name + suffix)}</a></li>')
+        title = html.escape(raw_path.split("?", 1)[0])
+        page = f"<!doctype html><title>Index of {title}</title><h1>Index of {title}</h1><ul>{''.join(names)}</ul>\n"
+        headers = CIMultiDict(common_headers(self.dates.now()))
+        headers["Content-Type"] = "text/html; charset=utf-8"
+        return web.Response(body=page.encode(), headers=headers)
+
+
+class _LargeFileResponse(web.FileResponse):
+    """aiohttp's sendfile response, with our validators and an explicit single range."""
+
+    def __init__(self, path: Path, headers: CIMultiDict[str], span: tuple[int, int] | None) -> None:
+        super().__init__(path)
+        self._our_headers = headers
+        self._span = span
+
+    async def prepare(self, request: web.BaseRequest):  # type: ignore[override]
+        # Our own conditional and range logic already ran: send exactly what the headers say.
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fobj = await loop.run_in_executor(None, open, self._path, "rb")
+        try:
+            st = os.fstat(fobj.fileno())
+            v = Validators.from_stat(st)
+            if self._our_headers["ETag"] != v.etag:
+                # Replaced between stat and open: describe what we actually opened.
+                self._our_headers["ETag"] = v.etag
+                self._our_headers["Last-Modified"] = v.last_modified
+                if self._span is None:
+                    self._our_headers["Content-Length"] = str(v.size)
+            start, end = self._span if self._span is not None else (0, v.size)
+            end = min(end, v.size)
+            self.set_status(206 if self._span is not None else 200)
+            self.headers.clear()
+            self.headers.extend(self._our_headers)
+            self.headers["Content-Length"] = str(max(0, end - start))
+            self._compression = False
+            if request.method == "HEAD":
+                return await web.StreamResponse.prepare(self, request)
+            return await self._sendfile(request, fobj, start, max(0, end - start))
+        finally:
+            await loop.run_in_executor(None, fobj.close)

@@ -1,0 +1,200 @@
+"""Pure HTTP semantics shared by both paths: header blocks, validators, conditionals, ranges.
+
+`response_head` builds the exact status line and headers of a 200 response for a file. The
+userspace handler sends these headers through aiohttp and the kernel cache stores the same bytes,
+so both paths answer byte for byte alike (tests compare them).
+"""
+
+from __future__ import annotations
+
+import enum
+import mimetypes
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+
+from fileserver import SERVER_NAME
+
+# IMF-fixdate is always 29 characters ("Sun, 06 Nov 1994 08:49:37 GMT", RFC 9110 section 5.6.7),
+# which lets the kernel patch the Date header in place at a fixed offset.
+DATE_LEN = 29
+STATUS_LINE_200 = b"HTTP/1.1 200 OK\r\n"
+# Offset of the Date value in every header block built here (the Date header comes first).
+DATE_OFFSET = len(STATUS_LINE_200) + len(b"Date: ")
+
+_TEXT_TYPES = ("text/", "application/javascript", "application/json", "application/xml", "image/svg+xml")
+mimetypes.add_type("text/javascript", ".js")
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("application/json", ".json")
+mimetypes.add_type("image/svg+xml", ".svg")
+mimetypes.add_type("image/webp", ".webp")
+mimetypes.add_type("font/woff2", ".woff2")
+mimetypes.add_type("application/wasm", ".wasm")
+
+
+def http_date(ts: float | None = None) -> str:
+    return formatdate(time.time() if ts is None else ts, usegmt=True)
+
+
+def content_type(name: str) -> str:
+    ctype, encoding = mimetypes.guess_type(name, strict=False)
+    if ctype is None or encoding is not None:
+        # Unknown type, or a compressed file (.gz): never let a client guess or decompress it.
+        return "application/octet-stream"
+    if ctype.startswith(_TEXT_TYPES):
+        return f"{ctype}; charset=utf-8"
+    return ctype
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What identifies one version of a file: used for ETag, Last-Modified and cache coherence."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> "Validators":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.mtime_ns:x}-{self.size:x}"'
+
+    @property
+    def last_modified(self) -> str:
+        return http_date(self.mtime_ns / 1e9)
+
+
+def file_headers(name: str, v: Validators) -> list[tuple[str, str]]:
+    """The representation headers of a file, in wire order (without Date and Server)."""
+    return [
+        ("Content-Type", content_type(name)),
+        ("Content-Length", str(v.size)),
+        ("Last-Modified", v.last_modified),
+        ("ETag", v.etag),
+        ("Accept-Ranges", "bytes"),
+    ]
+
+
+def common_headers(date: str) -> list[tuple[str, str]]:
+    """Date first (fixed offset for the kernel), then Server."""
+    return [("Date", date), ("Server", SERVER_NAME)]
+
+
+def serialize_head(status_line: bytes, headers: list[tuple[str, str]]) -> bytes:
+    return status_line + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers) + b"\r\n"
+
+
+def response_head(name: str, v: Validators, date: str) -> bytes:
+    """Status line and headers of the 200 response for a whole file, exactly as sent on the wire."""
+    head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v))
+    assert head[DATE_OFFSET : DATE_OFFSET + DATE_LEN] == date.encode()
+    return head
+
+
+# ---- conditional requests (RFC 9110 section 13) ----------------------------------------------
+
+
+class Precondition(enum.Enum):
+    PROCEED = 200
+    NOT_MODIFIED = 304
+    FAILED = 412
+
+
+def _etag_list(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _weak_match(a: str, b: str) -> bool:
+    return a.removeprefix("W/") == b.removeprefix("W/")
+
+
+def _parse_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def evaluate_preconditions(headers: Mapping[str, str], v: Validators, is_get_or_head: bool = True) -> Precondition:
+    """RFC 9110 section 13.2.2, steps 1 to 4, in that order."""
+    etag = v.etag
+    mtime = v.mtime_ns // 1_000_000_000
+    if_match = headers.get("If-Match")
+    if if_match is not None:  # step 1: strong comparison
+        tags = _etag_list(if_match)
+        if "*" not in tags and etag not in tags:
+            return Precondition.FAILED
+    else:  # step 2
+        ius = headers.get("If-Unmodified-Since")
+        if ius is not None:
+            ts = _parse_date(ius)
+            if ts is not None and mtime > ts:
+                return Precondition.FAILED
+    inm = headers.get("If-None-Match")
+    if inm is not None:  # step 3: weak comparison
+        tags = _etag_list(inm)
+        if "*" in tags or any(_weak_match(t, etag) for t in tags):
+            return Precondition.NOT_MODIFIED if is_get_or_head else Precondition.FAILED
+    elif is_get_or_head:  # step 4
+        ims = headers.get("If-Modified-Since")
+        if ims is not None:
+            ts = _parse_date(ims)
+            if ts is not None and mtime <= ts:
+                return Precondition.NOT_MODIFIED
+    return Precondition.PROCEED
+
+
+# ---- ranges (RFC 9110 section 14) ------------------------------------------------------------
+
+
+class RangeUnsatisfiable(Exception):
+    pass
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """One byte range as (start, end exclusive), None to send the whole file.
+
+    Several ranges, other units or syntax errors are ignored (a server may always answer 200);
+    a syntactically valid but unsatisfiable single range raises RangeUnsatisfiable (416).
+    """
+    if value is None:
+        return None
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if first and not first.isdigit() or last and not last.isdigit() or not (first or last):
+        return None
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeUnsatisfiable
+        return max(0, size - n), size
+    start = int(first)
+    end = int(last) + 1 if last else size
+    if last and end <= start:
+        return None  # invalid (last < first): ignore the header
+    if start >= size:
+        raise RangeUnsatisfiable
+    return start, min(end, size)
+
+
+def if_range_allows(value: str | None, v: Validators) -> bool:
+    """RFC 9110 section 13.1.5: a Range applies only if If-Range matches the current version."""
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"'):
+        return value == v.etag
+    ts = _parse_date(value)
+    return ts is not None and v.mtime_ns // 1_000_000_000 == int(ts)
+
