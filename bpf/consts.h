@@ -1,0 +1,83 @@
+/* Bounds and constants. Every value says its unit or reason; tunables can be overridden with -D. */
+#pragma once
+
+#ifndef SERVER_PORT
+#error "SERVER_PORT must be passed as -DSERVER_PORT=<port> by the loader"
+#endif
+
+/* skb->mark on segments the ingress program built and redirected, so the egress program leaves
+ * them alone (they are already in the client's sequence space). */
+#ifndef KERNEL_MARK
+#define KERNEL_MARK 0x7e57f11e
+#endif
+
+#define ETH_HLEN_ 14
+#define IPV4_HLEN 20            /* we only build and answer on headers without IP options */
+#define TCP_HLEN 20
+#define TCP_TS_OPTLEN 12        /* NOP, NOP, kind 8 len 10: what Linux clients send on every segment */
+#define TCP_MAX_OPTLEN 40
+
+/* Largest request the kernel parses (bytes of TCP payload). Longer ones go to userspace. Power of
+ * two so indexes can be masked for the verifier. */
+#ifndef MAX_REQ
+#define MAX_REQ 1024
+#endif
+#define REQ_MASK (MAX_REQ - 1)
+/* Bytes read past a header-line start when matching header names (scratch buffer is padded). */
+#define NAME_PEEK 24
+/* The request is scanned in windows of PARSE_WINDOW bytes, one tail-called program each. */
+#define PARSE_WINDOW 512
+#define NR_PARSE_STAGES (MAX_REQ / PARSE_WINDOW)
+/* Slots of the progs tail-call array (fileserver/datapath.py fills them). */
+#define PROG_PARSE0 0
+#define PROG_SEND0 NR_PARSE_STAGES
+
+/* Request-target bytes (path + query) scanned; the key holds the path without the query. */
+#define MAX_TARGET 256
+#define MAX_PATH 128
+
+/* Response bodies are copied into the skb in fixed chunks: bpf_skb_store_bytes needs a length the
+ * verifier can bound, and 512 B measured fine (DESIGN.md section 3). */
+#define CHUNK 512
+
+/* bpf_skb_change_tail cannot grow an skb beyond SKB_MAX_ALLOC = 16,064 bytes on this kernel. */
+#define MAX_FRAME 16064
+
+/* The Date header: userspace keeps " " + IMF-fixdate (29 bytes) + CRLF = 32 bytes fresh in the
+ * clock map; the kernel copies them to this offset of every response ("HTTP/1.1 200 OK\r\nDate:"
+ * is 22 bytes). 22 is even and 32 is a multiple of 4, as bpf_csum_diff wants. */
+#define DATE_SLOT_OFFSET 22
+#define DATE_SLOT_LEN 32
+
+/* If userspace has not refreshed the clock for this long, it is presumed dead and every request
+ * passes (the filter may outlive the process: DESIGN.md section 4, liveness). */
+#ifndef HEARTBEAT_TIMEOUT_NS
+#define HEARTBEAT_TIMEOUT_NS (3ULL * 1000000000ULL)
+#endif
+
+/* Size classes of cached responses. A hash element must fit a power-of-two kmalloc bucket, so each
+ * class holds 2^k bytes minus room for the element header, key and our own header. */
+#define CLASS_OVERHEAD 128
+#define CLASS0_DATA (1024 - CLASS_OVERHEAD)
+#define CLASS1_DATA (2048 - CLASS_OVERHEAD)
+#define CLASS2_DATA (4096 - CLASS_OVERHEAD)
+#define CLASS3_DATA (8192 - CLASS_OVERHEAD)
+#define CLASS4_DATA (16384 - CLASS_OVERHEAD)
+#define NR_CLASSES 5
+
+#ifndef CACHE_ENTRIES
+#define CACHE_ENTRIES 1024
+#endif
+#ifndef CONN_ENTRIES
+#define CONN_ENTRIES 65536
+#endif
+#define MAX_IFINDEX 4096        /* config array: per-interface largest frame, indexed by ifindex */
+
+/* v = min(v, max), done in asm so clang can neither drop the comparison (it may "know" the bound
+ * from an earlier check the verifier no longer links to this register) nor split it into a copy. */
+#define CLAMP_MAX(v, max) asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(v) : "i"(max))
+
+/* conn_state flags */
+#define CONN_USER 1             /* a request went to userspace: the connection stays there */
+#define CONN_ANSWERED 2         /* the kernel answered at least one request (last_* are valid) */
+#define CONN_WS_OK 4            /* window scaling negotiated (SYN and SYN-ACK both carried it) */

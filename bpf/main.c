@@ -1,0 +1,36 @@
+/* The compilation unit bcc builds. fileserver/datapath.py expands the local includes into one text
+ * (bcc rewrites map calls only in its main file) and passes settings as -D flags. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/stddef.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "tc_ingress.c"
+#include "tc_egress.c"
+
+/* Entry points live here: bcc only treats functions of the main file as programs. */
+int fs_ingress(struct __sk_buff *skb)
+{
+    return handle_ingress(skb);
+}
+
+int fs_egress(struct __sk_buff *skb)
+{
+    return handle_egress(skb);
+}
+
+int fs_parse0(struct __sk_buff *skb) { return handle_parse(skb, 0); }
+int fs_parse1(struct __sk_buff *skb) { return handle_parse(skb, 1); }
+_Static_assert(NR_PARSE_STAGES == 2, "one fs_parse<N> entry point per stage");
+
+int fs_send0(struct __sk_buff *skb) { return handle_send(skb, 0); }
+int fs_send1(struct __sk_buff *skb) { return handle_send(skb, 1); }
+int fs_send2(struct __sk_buff *skb) { return handle_send(skb, 2); }
+int fs_send3(struct __sk_buff *skb) { return handle_send(skb, 3); }
+int fs_send4(struct __sk_buff *skb) { return handle_send(skb, 4); }

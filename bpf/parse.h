@@ -1,0 +1,233 @@
+/* Packet and HTTP request parsing. Functions return a pass reason, or GO_ON to continue
+ * (Katran's FURTHER_PROCESSING convention). */
+#pragma once
+#include "structs.h"
+
+#define GO_ON (-1)
+
+
+/* IPv4/TCP headers. Returns 0 if this is a TCP segment we may look at, -1 otherwise. */
+static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
+{
+    if (bpf_skb_load_bytes(skb, 0, &p->eth, sizeof(p->eth)) < 0)
+        return -1;
+    if (p->eth.h_proto != bpf_htons(ETH_P_IP))
+        return -1;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN_, &p->ip, sizeof(p->ip)) < 0)
+        return -1;
+    if (p->ip.protocol != IPPROTO_TCP || p->ip.ihl < 5)
+        return -1;
+    p->l4_off = ETH_HLEN_ + p->ip.ihl * 4;
+    if (bpf_skb_load_bytes(skb, p->l4_off, &p->tcp, sizeof(p->tcp)) < 0)
+        return -1;
+    __u32 ip_len = bpf_ntohs(p->ip.tot_len);
+    __u32 hdrs = p->ip.ihl * 4 + p->tcp.doff * 4;
+    if (p->tcp.doff < 5 || ip_len < hdrs)
+        return -1;
+    p->payload_off = p->l4_off + p->tcp.doff * 4;
+    p->payload_len = ip_len - hdrs;
+    p->has_ts = 0;
+    p->only_ts = p->tcp.doff == 5;
+    return 0;
+}
+
+/* The common option layout NOP NOP TS(10): record the timestamps. Anything else leaves only_ts 0. */
+static __always_inline void parse_ts_option(struct __sk_buff *skb, struct pkt *p)
+{
+    if (p->tcp.doff * 4 != TCP_HLEN + TCP_TS_OPTLEN)
+        return;
+    __u8 o[TCP_TS_OPTLEN];
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, o, sizeof(o)) < 0)
+        return;
+    if (o[0] != 1 || o[1] != 1 || o[2] != 8 || o[3] != 10)
+        return;
+    __builtin_memcpy(&p->tsval, &o[4], 4);
+    __builtin_memcpy(&p->tsecr, &o[8], 4);
+    p->has_ts = 1;
+    p->only_ts = 1;
+}
+
+/* Length of the TCP options, in [0, TCP_MAX_OPTLEN], in a form the verifier can bound. */
+static __always_inline __u32 tcp_optlen(const struct pkt *p)
+{
+    __u32 olen = (p->tcp.doff & 15) * 4;
+    olen = olen > TCP_HLEN ? olen - TCP_HLEN : 0;
+    asm volatile("" : "+r"(olen));                  /* clang would fold the bound into a signed form */
+    olen &= 63;
+    return olen > TCP_MAX_OPTLEN ? 0 : olen;
+}
+
+/* Window scale option of a SYN or SYN-ACK; -1 if absent. Options are at most 40 bytes. */
+static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
+{
+    __u8 opt[TCP_MAX_OPTLEN] = {};
+    __u32 olen = tcp_optlen(p);
+    if (olen == 0 || olen > TCP_MAX_OPTLEN)
+        return -1;
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
+        return -1;
+    __u32 next = 0;
+#pragma unroll
+    for (int i = 0; i < TCP_MAX_OPTLEN - 2; i++) {
+        if (i != next)
+            continue;
+        __u8 kind = opt[i];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            next = i + 1;
+            continue;
+        }
+        __u8 l = opt[i + 1];
+        if (l < 2)
+            break;
+        if (kind == 3 && l == 3)
+            return opt[i + 2] > 14 ? 14 : opt[i + 2];   /* RFC 7323 section 2.3: cap at 14 */
+        next = i + l;
+    }
+    return -1;
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------------ */
+
+static __always_inline __u8 lc(__u8 c) { return c | 0x20; }   /* letters only; others may alias */
+
+/* Header names that make a request ineligible. Aliasing in lc() can only add false matches, which
+ * pass more requests to userspace: the safe direction. Returns a pass reason or GO_ON.
+ * Host is not checked: this server does not route by Host, so a duplicate cannot change what the
+ * two parsers answer (and tracking it doubled the verifier's states). */
+static __always_inline int classify_header(const __u8 *h)
+{
+    if (lc(h[0]) == 'i' && lc(h[1]) == 'f' && h[2] == '-')
+        return PASS_CONDITIONAL;
+    if (lc(h[0]) == 'r' && lc(h[1]) == 'a' && lc(h[2]) == 'n' && lc(h[3]) == 'g' && lc(h[4]) == 'e' && h[5] == ':')
+        return PASS_RANGE;
+    if (lc(h[0]) == 'c' && lc(h[1]) == 'o' && lc(h[2]) == 'n') {
+        if (lc(h[3]) == 't' && lc(h[4]) == 'e' && lc(h[5]) == 'n' && lc(h[6]) == 't' && h[7] == '-')
+            return PASS_BODY;                               /* Content-Length, Content-Type, ... */
+        if (lc(h[3]) == 'n' && lc(h[4]) == 'e' && lc(h[5]) == 'c' && lc(h[6]) == 't' && lc(h[7]) == 'i' &&
+            lc(h[8]) == 'o' && lc(h[9]) == 'n' && h[10] == ':')
+            return PASS_CLOSE;                              /* close, upgrade, keep-alive tokens */
+    }
+    if (lc(h[0]) == 't' && lc(h[1]) == 'r' && lc(h[2]) == 'a' && lc(h[3]) == 'n' && lc(h[4]) == 's' &&
+        lc(h[5]) == 'f' && lc(h[6]) == 'e' && lc(h[7]) == 'r' && h[8] == '-')
+        return PASS_BODY;                                   /* Transfer-Encoding */
+    if (lc(h[0]) == 'u' && lc(h[1]) == 'p' && lc(h[2]) == 'g' && lc(h[3]) == 'r')
+        return PASS_CLOSE;                                  /* Upgrade */
+    if (lc(h[0]) == 'e' && lc(h[1]) == 'x' && lc(h[2]) == 'p' && lc(h[3]) == 'e' && lc(h[4]) == 'c' &&
+        lc(h[5]) == 't' && h[6] == ':')
+        return PASS_MALFORMED;                              /* Expect: 100-continue wants a body */
+    return GO_ON;
+}
+
+static __always_inline int is_vchar(__u8 c) { return c > 0x20 && c < 0x7f; }
+
+/* Scanner states of parse_window, kept in req_buf.state between stages. */
+enum {
+    ST_START,       /* nothing scanned yet */
+    ST_PATH,        /* request target, before '?' */
+    ST_QUERY,       /* request target, after '?' */
+    ST_LF,          /* the LF of a CRLF already checked by a look-ahead */
+    ST_LINE_START,  /* first byte of a header line (or of the final CRLF) */
+    ST_NAME,        /* header name, up to ':' */
+    ST_VALUE,       /* header value (or the version), up to CR */
+};
+
+#define PARSE (-4)  /* not decided yet: scan the next window */
+
+/* Scan b[lo, hi) of the request as exactly one `GET <path>[?query] HTTP/1.1` request with no body
+ * and nothing after it; the path goes to rb->key (zeroed by the caller). Returns GO_ON for such a
+ * request, PARSE if it continues past hi, or a pass reason.
+ * The caller writes a 0 at b[len]: the scan stops at that sentinel, so the loop never compares
+ * positions against len (a NUL inside a request is malformed anyway).
+ * Verifier cost: the loop index is the byte position and is never modified in the body,
+ * look-aheads use constant offsets from it, and the only other state is one small enum. */
+static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, const __u32 hi)
+{
+    const __u8 *b = rb->b;
+    __u32 len = rb->len;
+    int state = rb->state;
+    if (state == ST_START) {
+        if (len < 18)   /* "GET / HTTP/1.1\r\n\r\n" */
+            return PASS_SPLIT;
+        if (b[0] != 'G' || b[1] != 'E' || b[2] != 'T' || b[3] != ' ')
+            return PASS_METHOD;
+        if (b[4] != '/')
+            return PASS_ESCAPED;                            /* absolute-form or asterisk-form target */
+        state = ST_PATH;
+    }
+    for (__u32 i = lo < 4 ? 4 : lo; i < hi; i++) {
+        /* Launder the state through map memory: the verifier then sees an unknown value in [0, 7]
+         * at every position instead of a constant per path, so all paths reaching position i
+         * share one state and verification stays linear in the window size. */
+        rb->state = state;
+        state = *(volatile __u32 *)&rb->state & 7;
+        __u8 c = b[i];
+        if (c == 0)
+            return i == len ? PASS_SPLIT : PASS_MALFORMED;
+        if (state == ST_LF) {
+            state = ST_LINE_START;
+            continue;
+        }
+        if (state == ST_PATH || state == ST_QUERY) {
+            if (c == ' ') {
+                /* " HTTP/1.1\r\n" */
+                if (b[i + 1] != 'H' || b[i + 2] != 'T' || b[i + 3] != 'T' || b[i + 4] != 'P' || b[i + 5] != '/' ||
+                    b[i + 6] != '1' || b[i + 7] != '.')
+                    return len < i + 11 ? PASS_SPLIT : PASS_VERSION;
+                if (b[i + 8] == '0')
+                    return PASS_HTTP10;
+                if (b[i + 8] != '1')
+                    return len < i + 11 ? PASS_SPLIT : PASS_VERSION;
+                if (b[i + 9] != '\r' || b[i + 10] != '\n')
+                    return len < i + 11 ? PASS_SPLIT : PASS_MALFORMED;
+                state = ST_VALUE;   /* the version is then scanned like a header value */
+                continue;
+            }
+            if (!is_vchar(c))
+                return PASS_MALFORMED;
+            if (i >= 4 + MAX_TARGET)
+                return PASS_TOO_LONG;
+            if (c == '?')
+                state = ST_QUERY;
+            if (state == ST_QUERY)
+                continue;
+            if (c == '%')
+                return PASS_ESCAPED;
+            if (i - 4 >= MAX_PATH - 1)
+                return PASS_TOO_LONG;
+            rb->key.path[i - 4] = c;
+            continue;
+        }
+        if (state == ST_LINE_START) {
+            if (c == '\r') {
+                if (b[i + 1] != '\n')
+                    return i + 1 == len ? PASS_SPLIT : PASS_MALFORMED;
+                return i + 2 == len ? GO_ON : PASS_PIPELINED;
+            }
+            if (c == ' ' || c == '\t')
+                return PASS_MALFORMED;                      /* obs-fold */
+            int r = classify_header(b + i);
+            if (r != GO_ON)
+                return r;
+            state = ST_NAME;
+        }
+        if (state == ST_NAME) {
+            if (c == ':')
+                state = ST_VALUE;
+            else if (!is_vchar(c))
+                return PASS_MALFORMED;                      /* space before ':' or control byte */
+            continue;
+        }
+        if (c == '\r') {
+            if (b[i + 1] != '\n')
+                return i + 1 == len ? PASS_SPLIT : PASS_MALFORMED;
+            state = ST_LF;
+            continue;
+        }
+        if (c != '\t' && (c < 0x20 || c > 0x7e))
+            return PASS_MALFORMED;                          /* bare LF, DEL, obs-text */
+    }
+    rb->state = state;
+    return PARSE;
+}

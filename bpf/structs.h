@@ -1,0 +1,104 @@
+/* Structures shared by the programs and userspace (fileserver/datapath.py reads them via bcc). */
+#pragma once
+#include "consts.h"
+#include "reasons.h"
+
+/* URL path, zero padded: the file_cache key. */
+struct path_key {
+    char path[MAX_PATH];
+};
+
+/* file_cache value: which body to send. Bodies are never rewritten in place: a new version gets a
+ * new id, file_cache is switched to it, then the old body is deleted, so a reader sees one whole
+ * version or misses (DESIGN.md section 4). */
+struct cache_ref {
+    __u32 id;
+    __u32 cls;              /* size class 0..NR_CLASSES-1 */
+};
+
+#define BODY_STRUCT(n, size)                                                                        \
+    struct body##n {                                                                                \
+        __u32 len;          /* response bytes (headers + body) */                                  \
+        __u32 csum;         /* 16-bit one's complement sum of data, Date slot excluded, unfolded */ \
+        __u8 data[size];                                                                            \
+    }
+BODY_STRUCT(0, CLASS0_DATA);
+BODY_STRUCT(1, CLASS1_DATA);
+BODY_STRUCT(2, CLASS2_DATA);
+BODY_STRUCT(3, CLASS3_DATA);
+BODY_STRUCT(4, CLASS4_DATA);
+
+/* One TCP connection to the server, keyed by the client->server 4-tuple (IPv4 for now). */
+struct conn_key {
+    __u32 client_ip;
+    __u32 server_ip;
+    __u16 client_port;
+    __u16 server_port;
+};
+
+/* Sequence numbers are as the client sees them ("raw") unless said otherwise. */
+struct conn_state {
+    __u32 delta_in;         /* client bytes answered by the kernel (server socket never saw them) */
+    __u32 delta_out;        /* bytes the kernel sent (server socket never sent them) */
+    __u32 next_seq;         /* where the next client request must start */
+    __u32 srv_next;         /* server sequence after everything sent so far (client view) */
+    __u32 last_req_seq;     /* last request the kernel answered: start and length */
+    __u32 last_req_len;
+    __u32 last_resp_len;    /* and its response length (starts at srv_next - last_resp_len) */
+    __u32 flags;            /* CONN_* */
+    __u64 last_seen_ns;     /* bpf_ktime_get_ns of the last segment (userspace GC) */
+    __u16 server_win;       /* last window field the server sent (already scaled) */
+    __u8 client_wscale;     /* client's window scale shift (from its SYN) */
+    __u8 pad;
+    __u32 pad2;
+};
+
+struct clock {
+    __u64 updated_ns;       /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last refresh */
+    __u8 date[DATE_SLOT_LEN];
+};
+
+struct counters {
+    __u64 hits;             /* requests answered in the kernel */
+    __u64 hit_bytes;        /* response bytes sent by the kernel */
+    __u64 retransmits;      /* retransmitted requests answered again (not counted in hits) */
+    __u64 xlate_in;         /* client->server segments translated */
+    __u64 xlate_out;        /* server->client segments translated */
+    __u64 csum_partial;     /* responses left to checksum offload */
+    __u64 csum_full;        /* responses with a full software checksum */
+    __u64 sack_blanked;     /* SACK options turned into NOPs */
+    __u64 pass[NR_PASS_REASONS];
+    __u64 errors[NR_KERNEL_ERRORS];
+};
+
+/* A parsed Ethernet/IPv4/TCP segment. */
+struct pkt {
+    struct ethhdr eth;
+    struct iphdr ip;
+    struct tcphdr tcp;
+    __u32 l4_off;           /* offset of the TCP header */
+    __u32 payload_off;
+    __u32 payload_len;
+    __u32 tsval;            /* from the timestamp option, network order; valid if has_ts */
+    __u32 tsecr;
+    __u8 has_ts;
+    __u8 only_ts;           /* options are exactly NOP NOP TS (or none) */
+};
+
+/* The request bytes (they sit in page fragments on lo: no direct packet access). */
+struct req_buf {
+    __u32 len;                  /* request bytes in b; b[len] is 0 */
+    __u32 state;                /* parse_window's scanner state between stages */
+    struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
+                                 * slots half zero, half written multiply verifier states) */
+    __u8 b[MAX_REQ + NAME_PEEK + 16];
+};
+
+/* What fs_ingress learnt about the segment, for the programs it tail-calls. */
+struct answer_ctx {
+    struct pkt p;
+    struct conn_key key;
+    struct cache_ref ref;
+    int rolled_back;
+};
+

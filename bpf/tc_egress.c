@@ -1,0 +1,35 @@
+/* TC egress: server -> client. Translate the server socket's segments into the client's view. */
+
+static __always_inline int handle_egress(struct __sk_buff *skb)
+{
+    if (skb->mark == KERNEL_MARK) {
+        skb->mark = 0;                              /* built by fs_ingress: already translated */
+        return TC_ACT_UNSPEC;
+    }
+    struct pkt p = {};
+    if (parse_headers(skb, &p) < 0 || p.tcp.source != bpf_htons(SERVER_PORT))
+        return TC_ACT_UNSPEC;
+    struct conn_key k = {p.ip.daddr, p.ip.saddr, p.tcp.dest, p.tcp.source};
+    struct conn_state *cs = conn_state.lookup(&k);
+    if (!cs)
+        return TC_ACT_UNSPEC;
+    if (p.tcp.syn) {
+        /* SYN-ACK: scaling is on only if both sides offered it (RFC 7323 section 1.3). */
+        int ws = parse_wscale(skb, &p);
+        if (ws < 0 || !(cs->flags & CONN_WS_OK)) {
+            cs->client_wscale = 0;
+            cs->flags &= ~CONN_WS_OK;
+            ws = 0;
+        }
+        cs->server_win = bpf_ntohs(p.tcp.window) >> ws;  /* a SYN's window is never scaled */
+        cs->srv_next = bpf_ntohl(p.tcp.seq) + 1;
+        return TC_ACT_UNSPEC;
+    }
+    cs->server_win = bpf_ntohs(p.tcp.window);
+    /* The server socket sends data or closes: from now on only it may send, or sequence space
+     * would be shared between two senders. */
+    if (p.payload_len || p.tcp.fin)
+        cs->flags |= CONN_USER;
+    xlate_out(skb, &p, cs);
+    return TC_ACT_UNSPEC;
+}

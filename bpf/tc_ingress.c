@@ -1,0 +1,375 @@
+/* TC ingress: client -> server. Answer a cached GET from the kernel, or translate and pass. */
+#include "parse.h"
+#include "csum.h"
+#include "tcp_xlate.h"
+
+#define ANSWERED (-3)  /* the skb now holds the response */
+
+/* The headers of a response segment, written over the start of the request skb. */
+struct resp_hdrs {
+    struct ethhdr eth;
+    struct iphdr ip;
+    struct tcphdr tcp;
+    __u8 ts[TCP_TS_OPTLEN];
+} __attribute__((packed));
+
+#define HDRS_NO_TS (sizeof(struct resp_hdrs) - TCP_TS_OPTLEN)
+
+/* Rewrite skb into the response for the request in p and update the connection's deltas.
+ * Inlined once per size class so `size` is a constant the verifier can bound reads with. */
+static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs,
+                                     __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
+                                     struct clock *clk)
+{
+    if (rlen < DATE_SLOT_OFFSET + DATE_SLOT_LEN || rlen > size)
+        return PASS_CACHE_RACE;
+    __u32 thl = p->has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
+    __u32 frame = ETH_HLEN_ + IPV4_HLEN + thl + rlen;
+    __u32 ifindex = skb->ifindex;
+    __u32 *max_frame = if_max_frame.lookup(&ifindex);
+    if (!max_frame || frame > *max_frame || frame > MAX_FRAME)
+        return PASS_TOO_BIG;
+    __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
+    if (rlen > win)
+        return PASS_WINDOW;
+
+    __u32 req_seq = bpf_ntohl(p->tcp.seq);
+    struct resp_hdrs h = {};
+    __builtin_memcpy(h.eth.h_dest, p->eth.h_source, ETH_ALEN);
+    __builtin_memcpy(h.eth.h_source, p->eth.h_dest, ETH_ALEN);
+    h.eth.h_proto = p->eth.h_proto;
+    h.ip.version = 4;
+    h.ip.ihl = 5;
+    h.ip.tot_len = bpf_htons(IPV4_HLEN + thl + rlen);
+    h.ip.frag_off = bpf_htons(0x4000);              /* DF */
+    h.ip.ttl = 64;
+    h.ip.protocol = IPPROTO_TCP;
+    h.ip.saddr = p->ip.daddr;
+    h.ip.daddr = p->ip.saddr;
+    h.ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, IPV4_HLEN, 0)) & 0xffff;
+    h.tcp.source = p->tcp.dest;
+    h.tcp.dest = p->tcp.source;
+    h.tcp.seq = p->tcp.ack_seq;                     /* == srv_next, checked by the caller */
+    h.tcp.ack_seq = bpf_htonl(req_seq + p->payload_len);
+    h.tcp.doff = thl / 4;
+    h.tcp.ack = 1;
+    h.tcp.psh = 1;
+    h.tcp.window = bpf_htons(cs->server_win);
+    if (p->has_ts) {
+        /* RFC 7323: our TSval must not go backwards on the server's clock: echo the client's TSecr
+         * (the server's latest TSval it saw); our TSecr is the client's TSval. */
+        h.ts[0] = 1;
+        h.ts[1] = 1;
+        h.ts[2] = 8;
+        h.ts[3] = 10;
+        __builtin_memcpy(&h.ts[4], &p->tsecr, 4);
+        __builtin_memcpy(&h.ts[8], &p->tsval, 4);
+    }
+    struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + rlen)};
+    __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    __u32 hsum = p->has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
+                           : bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN, psum);
+    __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)clk->date, DATE_SLOT_LEN, 0);
+
+    if (bpf_skb_change_tail(skb, frame, 0) < 0) {
+        COUNT_ERR(ERR_CHANGE_TAIL);
+        return PASS_TOO_BIG;
+    }
+    /* From here on the request is gone: any failure drops the skb and the client retransmits. */
+    long err = p->has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
+                         : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
+    __u32 poff = ETH_HLEN_ + IPV4_HLEN + thl;
+    for (__u32 i = 0; i < size / CHUNK; i++) {
+        __u32 off = i * CHUNK;
+        if (off + CHUNK > rlen)
+            break;
+        err |= bpf_skb_store_bytes(skb, poff + off, data + off, CHUNK, 0);
+    }
+    if (rlen < CHUNK) {
+        __u32 n = rlen;
+        asm volatile("" : "+r"(n));                 /* keep clang from folding the clamp away */
+        n = ((n - 1) & (CHUNK - 1)) + 1;            /* verifier-visible range [1, CHUNK] */
+        err |= bpf_skb_store_bytes(skb, poff, data, n, 0);
+    } else if (rlen % CHUNK) {
+        /* The tail as one whole chunk ending at rlen, overlapping bytes already written: keeps every
+         * read inside data[size] without padding the map value. */
+        __u64 off = rlen - CHUNK;
+        CLAMP_MAX(off, size - CHUNK);
+        err |= bpf_skb_store_bytes(skb, poff + off, data + off, CHUNK, 0);
+    }
+    err |= bpf_skb_store_bytes(skb, poff + DATE_SLOT_OFFSET, clk->date, DATE_SLOT_LEN, 0);
+    if (err) {
+        COUNT_ERR(ERR_STORE);
+        return TC_ACT_SHOT;
+    }
+
+    /* Checksum. On CHECKSUM_PARTIAL skbs (lo, veth with offload) bpf_l4_csum_replace leaves the
+     * field alone and the stack completes the sum later: the field must then hold the folded
+     * pseudo-header sum. Probe which case this is. */
+    __u32 csum_off = ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF;
+    __u16 probe = 0;
+    bpf_l4_csum_replace(skb, csum_off, 0, bpf_htons(1), 2);
+    bpf_skb_load_bytes(skb, csum_off, &probe, sizeof(probe));
+    __u16 check;
+    if (probe == 0) {
+        check = csum_fold(psum);
+        COUNT(csum_partial);
+    } else {
+        check = ~csum_fold((__u64)hsum + body_csum + dsum) & 0xffff;
+        COUNT(csum_full);
+    }
+    bpf_skb_store_bytes(skb, csum_off, &check, sizeof(check), 0);
+
+    cs->last_req_seq = req_seq;
+    cs->last_req_len = p->payload_len;
+    cs->last_resp_len = rlen;
+    cs->delta_in += p->payload_len;
+    cs->delta_out += rlen;
+    cs->next_seq = req_seq + p->payload_len;
+    cs->srv_next += rlen;
+    cs->flags |= CONN_ANSWERED;
+    skb->mark = KERNEL_MARK;
+    return ANSWERED;
+}
+
+/* One function per size class: bcc must see each map.lookup call written out in the source. */
+static __always_inline int send_class0(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+{
+    struct body0 *r = body_1k.lookup(&ctx->ref.id);
+    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS0_DATA, clk) : PASS_CACHE_RACE;
+}
+static __always_inline int send_class1(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+{
+    struct body1 *r = body_2k.lookup(&ctx->ref.id);
+    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS1_DATA, clk) : PASS_CACHE_RACE;
+}
+static __always_inline int send_class2(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+{
+    struct body2 *r = body_4k.lookup(&ctx->ref.id);
+    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS2_DATA, clk) : PASS_CACHE_RACE;
+}
+static __always_inline int send_class3(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+{
+    struct body3 *r = body_8k.lookup(&ctx->ref.id);
+    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS3_DATA, clk) : PASS_CACHE_RACE;
+}
+static __always_inline int send_class4(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+{
+    struct body4 *r = body_16k.lookup(&ctx->ref.id);
+    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS4_DATA, clk) : PASS_CACHE_RACE;
+}
+
+/* The first checks, on fs_ingress: can this segment's request be answered here at all? Returns
+ * PARSE (the request is in the scratch buffer and answer_ctx is filled in), a pass reason, or
+ * GO_ON for segments without a request (pure ACKs, FIN without data). */
+static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, struct conn_key *k, struct conn_state *cs,
+                                         int *rolled_back)
+{
+    if (p->payload_len == 0)
+        return GO_ON;
+    if (cs->flags & CONN_USER)
+        return PASS_USER_OWNED;
+    if (p->tcp.fin || p->tcp.rst || p->tcp.urg || !p->tcp.ack)
+        return PASS_TCP_OPTIONS;
+    if (p->ip.ihl != 5 || (p->ip.frag_off & bpf_htons(0x3fff)))
+        return PASS_IP_OPTIONS;
+    parse_ts_option(skb, p);
+    if (!p->only_ts)
+        return PASS_TCP_OPTIONS;
+
+    int zero = 0;
+    struct clock *clk = clock.lookup(&zero);
+    if (!clk || bpf_ktime_get_ns() - clk->updated_ns > HEARTBEAT_TIMEOUT_NS)
+        return PASS_STALE;
+
+    __u32 seq = bpf_ntohl(p->tcp.seq), ack = bpf_ntohl(p->tcp.ack_seq);
+    /* The client retransmits a request the kernel answered, and has acknowledged none of the
+     * answer: the answer was lost. Undo it exactly (the server socket never saw either side), then
+     * answer afresh, with current bytes, or pass it on. Deltas are never counted twice. */
+    if ((cs->flags & CONN_ANSWERED) && seq == cs->last_req_seq && ack == cs->srv_next - cs->last_resp_len) {
+        cs->delta_in -= cs->last_req_len;
+        cs->delta_out -= cs->last_resp_len;
+        cs->next_seq = seq;
+        cs->srv_next -= cs->last_resp_len;
+        cs->flags &= ~CONN_ANSWERED;
+        *rolled_back = 1;
+    }
+    /* In sync: the request starts where the previous one ended, and the client has every byte sent
+     * so far (so responses can never be reordered or lost silently). */
+    if (seq != cs->next_seq || ack != cs->srv_next)
+        return PASS_OUT_OF_SYNC;
+
+    struct req_buf *rb = scratch.lookup(&zero);
+    struct answer_ctx *ctx = answer_scratch.lookup(&zero);
+    if (!rb || !ctx)
+        return PASS_TOO_LONG;
+    __u32 plen = p->payload_len;
+    if (plen > MAX_REQ)
+        return PASS_TOO_LONG;
+    asm volatile("" : "+r"(plen));
+    plen &= REQ_MASK | MAX_REQ;                     /* verifier: plen <= 2 * MAX_REQ - 1 ... */
+    if (plen == 0 || plen > MAX_REQ)                /* ... and then <= MAX_REQ */
+        return PASS_TOO_LONG;
+    if (bpf_skb_load_bytes(skb, p->payload_off, rb->b, plen) < 0)
+        return PASS_TOO_LONG;
+    __u64 end = plen;
+    CLAMP_MAX(end, MAX_REQ);
+    rb->b[end] = 0;                                 /* the sentinel parse_window stops at */
+    rb->len = plen;
+    rb->state = ST_START;
+    __builtin_memset(&rb->key, 0, sizeof(rb->key));
+    ctx->p = *p;
+    ctx->key = *k;
+    ctx->rolled_back = *rolled_back;
+    return PARSE;
+}
+
+/* The segment goes on to the server socket: count why, keep response order, translate. */
+static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs, int r, int rolled_back)
+{
+    if (r != GO_ON) {
+        if (rolled_back) {
+            /* The earlier kernel answer was undone and this request goes to userspace instead. */
+            int zero = 0;
+            struct counters *c = counters.lookup(&zero);
+            if (c)
+                c->hits--;
+        }
+        COUNT_PASS(r);
+        /* Segments wholly before next_seq are old data the server socket will just re-ACK; any
+         * new byte goes to userspace, and then so must everything after it (response order). */
+        if ((__s32)(bpf_ntohl(p->tcp.seq) + p->payload_len - cs->next_seq) > 0)
+            cs->flags |= CONN_USER;
+    }
+    xlate_in(skb, p, cs);
+    return TC_ACT_UNSPEC;
+}
+
+static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb)
+{
+    struct conn_state cs = {};
+    int ws = parse_wscale(skb, p);
+    cs.client_wscale = ws < 0 ? 0 : ws;
+    cs.flags = ws < 0 ? 0 : CONN_WS_OK;
+    cs.next_seq = bpf_ntohl(p->tcp.seq) + 1;
+    cs.last_seen_ns = bpf_ktime_get_ns();
+    if (conn_state.update(k, &cs) != 0)
+        COUNT_ERR(ERR_CONN_FULL);
+}
+
+/* fs_ingress. Answering is split into tail-called programs (parse stages, then the sender of the
+ * entry's size class), each verified on its own: one program scanning 1 KiB byte by byte does not
+ * verify within the kernel's 1M-instruction budget. If a tail call fails, the request passes. */
+static __always_inline int handle_ingress(struct __sk_buff *skb)
+{
+    struct pkt p = {};
+    if (parse_headers(skb, &p) < 0 || p.tcp.dest != bpf_htons(SERVER_PORT))
+        return TC_ACT_UNSPEC;                       /* not ours: let other filters see it */
+    struct conn_key k = {p.ip.saddr, p.ip.daddr, p.tcp.source, p.tcp.dest};
+    if (p.tcp.syn) {
+        if (!p.tcp.ack)
+            new_connection(&p, &k, skb);
+        return TC_ACT_UNSPEC;
+    }
+    struct conn_state *cs = conn_state.lookup(&k);
+    if (!cs) {
+        if (p.payload_len)
+            COUNT_PASS(PASS_NO_CONN);
+        return TC_ACT_UNSPEC;
+    }
+    cs->last_seen_ns = bpf_ktime_get_ns();
+
+    int rolled_back = 0;
+    int r = check_segment(skb, &p, &k, cs, &rolled_back);
+    if (r == PARSE) {
+        progs.call(skb, PROG_PARSE0);
+        r = PASS_TOO_LONG;
+    }
+    return finish_pass(skb, &p, cs, r, rolled_back);
+}
+
+/* Tail-called programs find the request and its context in the per-CPU scratch maps. */
+struct tail_ctx {
+    struct req_buf *rb;
+    struct answer_ctx *ctx;
+    struct conn_state *cs;
+};
+
+static __always_inline int load_context(struct tail_ctx *t)
+{
+    int zero = 0;
+    t->rb = scratch.lookup(&zero);
+    t->ctx = answer_scratch.lookup(&zero);
+    if (!t->rb || !t->ctx)
+        return -1;
+    t->cs = conn_state.lookup(&t->ctx->key);
+    return t->cs ? 0 : -1;      /* cs cannot vanish: userspace deletes only closed connections */
+}
+
+/* fs_parse<stage>: scan one window of the request; then the next stage, or the sender. */
+static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage)
+{
+    struct tail_ctx t;
+    if (load_context(&t) < 0)
+        return TC_ACT_UNSPEC;
+    struct req_buf *rb = t.rb;
+    struct answer_ctx *ctx = t.ctx;
+    struct conn_state *cs = t.cs;
+    int r = parse_window(rb, stage * PARSE_WINDOW, (stage + 1) * PARSE_WINDOW);
+    if (r == PARSE && stage + 1 < NR_PARSE_STAGES) {
+        progs.call(skb, PROG_PARSE0 + stage + 1);
+        r = PASS_TOO_LONG;
+    }
+    if (r == PARSE)
+        r = PASS_TOO_LONG;
+    if (r == GO_ON) {
+        struct cache_ref *ref = file_cache.lookup(&rb->key);
+        if (ref) {
+            ctx->ref = *ref;
+            progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
+            r = PASS_CACHE_RACE;
+        } else {
+            r = PASS_MISS;
+        }
+    }
+    struct pkt p = ctx->p;
+    return finish_pass(skb, &p, cs, r, ctx->rolled_back);
+}
+
+/* fs_send<cls>: build the response from the body of size class cls. */
+static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
+{
+    struct tail_ctx t;
+    if (load_context(&t) < 0)
+        return TC_ACT_UNSPEC;
+    struct answer_ctx *ctx = t.ctx;
+    struct conn_state *cs = t.cs;
+    int zero = 0;
+    struct clock *clk = clock.lookup(&zero);
+    if (!clk)
+        return TC_ACT_UNSPEC;
+    int r;
+    switch (cls) {
+    case 0: r = send_class0(skb, ctx, cs, clk); break;
+    case 1: r = send_class1(skb, ctx, cs, clk); break;
+    case 2: r = send_class2(skb, ctx, cs, clk); break;
+    case 3: r = send_class3(skb, ctx, cs, clk); break;
+    default: r = send_class4(skb, ctx, cs, clk); break;
+    }
+    if (r == ANSWERED) {
+        struct counters *c = counters.lookup(&zero);
+        if (c) {
+            if (ctx->rolled_back) {
+                c->retransmits++;
+            } else {
+                c->hits++;
+                c->hit_bytes += cs->last_resp_len;
+            }
+        }
+        return bpf_redirect(skb->ifindex, 0);
+    }
+    if (r == TC_ACT_SHOT)
+        return TC_ACT_SHOT;
+    struct pkt p = ctx->p;
+    return finish_pass(skb, &p, cs, r, ctx->rolled_back);
+}

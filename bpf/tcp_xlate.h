@@ -1,0 +1,111 @@
+/* Sequence translation between the client's view of the connection and the server socket's, the
+ * way netfilter's seqadj does for NAT helpers. Bytes answered in the kernel were never seen by the
+ * server socket (delta_in); bytes sent by the kernel were never sent by it (delta_out).
+ *   client -> server: seq -= delta_in,  ack -= delta_out
+ *   server -> client: seq += delta_out, ack += delta_in
+ * SACK blocks are in the other side's sequence space; rather than translate block edges that may
+ * fall inside kernel-sent bytes, they are turned into NOPs (the sender then recovers without them). */
+#pragma once
+#include "consts.h"
+#include "maps.h"
+
+#define TCP_SEQ_OFF 4
+#define TCP_ACK_OFF 8
+#define TCP_CSUM_OFF 16
+
+static __always_inline void count(int field_offset)
+{
+    int zero = 0;
+    struct counters *c = counters.lookup(&zero);
+    if (c)
+        __sync_fetch_and_add((__u64 *)((__u8 *)c + field_offset), 1);
+}
+#define COUNT(field) count(offsetof(struct counters, field))
+#define COUNT_PASS(r) count(offsetof(struct counters, pass) + ((r) & 31) * sizeof(__u64))
+#define COUNT_ERR(e) count(offsetof(struct counters, errors) + ((e) & 7) * sizeof(__u64))
+
+static __always_inline void rewrite32(struct __sk_buff *skb, __u32 l4_off, __u32 field, __be32 old, __be32 new)
+{
+    bpf_skb_store_bytes(skb, l4_off + field, &new, sizeof(new), 0);
+    bpf_l4_csum_replace(skb, l4_off + TCP_CSUM_OFF, old, new, sizeof(new));
+}
+
+/* Overwrite every SACK option (kind 5) with NOPs, fixing the checksum. */
+static __always_inline void blank_sack(struct __sk_buff *skb, struct pkt *p)
+{
+    __u32 olen = tcp_optlen(p);
+    if (olen <= TCP_TS_OPTLEN || olen > TCP_MAX_OPTLEN)
+        return;     /* no room for a SACK block beside the timestamps */
+    __u8 opt[TCP_MAX_OPTLEN] = {};
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
+        return;
+    __u8 orig[TCP_MAX_OPTLEN];
+    __builtin_memcpy(orig, opt, sizeof(orig));
+    /* Find the SACK option (at most one per segment, RFC 2018). */
+    __u32 next = 0, sack_at = 0, sack_len = 0;
+#pragma unroll
+    for (int i = 0; i < TCP_MAX_OPTLEN - 1; i++) {
+        if (i != next || i >= olen)
+            continue;
+        __u8 kind = opt[i];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            next = i + 1;
+            continue;
+        }
+        __u8 l = opt[i + 1];
+        if (l < 2)
+            break;
+        if (kind == 5) {
+            sack_at = i;
+            sack_len = l;
+            break;
+        }
+        next = i + l;
+    }
+    if (!sack_len)
+        return;
+#pragma unroll
+    for (int j = 0; j < TCP_MAX_OPTLEN; j++)
+        if (j >= sack_at && j < sack_at + sack_len)
+            opt[j] = 1;
+    __s64 diff = bpf_csum_diff((__be32 *)orig, TCP_MAX_OPTLEN, (__be32 *)opt, TCP_MAX_OPTLEN, 0);
+    bpf_skb_store_bytes(skb, p->l4_off + TCP_HLEN, opt, olen, 0);
+    bpf_l4_csum_replace(skb, p->l4_off + TCP_CSUM_OFF, 0, diff, 0);
+    COUNT(sack_blanked);
+}
+
+/* Client -> server. */
+static __always_inline void xlate_in(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
+{
+    if (!cs->delta_in && !cs->delta_out)
+        return;
+    if (cs->delta_in) {
+        __be32 n = bpf_htonl(bpf_ntohl(p->tcp.seq) - cs->delta_in);
+        rewrite32(skb, p->l4_off, TCP_SEQ_OFF, p->tcp.seq, n);
+    }
+    if (cs->delta_out && p->tcp.ack) {
+        __be32 n = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) - cs->delta_out);
+        rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, n);
+    }
+    blank_sack(skb, p);
+    COUNT(xlate_in);
+}
+
+/* Server -> client. */
+static __always_inline void xlate_out(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
+{
+    if (!cs->delta_in && !cs->delta_out)
+        return;
+    if (cs->delta_out) {
+        __be32 n = bpf_htonl(bpf_ntohl(p->tcp.seq) + cs->delta_out);
+        rewrite32(skb, p->l4_off, TCP_SEQ_OFF, p->tcp.seq, n);
+    }
+    if (cs->delta_in && p->tcp.ack) {
+        __be32 n = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) + cs->delta_in);
+        rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, n);
+    }
+    blank_sack(skb, p);
+    COUNT(xlate_out);
+}
