@@ -21,6 +21,8 @@ static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
     if (bpf_skb_load_bytes(skb, p->l4_off, &p->tcp, sizeof(p->tcp)) < 0)
         return -1;
     __u32 ip_len = bpf_ntohs(p->ip.tot_len);
+    if (ip_len == 0)
+        ip_len = skb->len - ETH_HLEN_;              /* BIG TCP: GSO packets over 64 KiB carry tot_len 0 */
     __u32 hdrs = p->ip.ihl * 4 + p->tcp.doff * 4;
     if (p->tcp.doff < 5 || ip_len < hdrs)
         return -1;

@@ -32,6 +32,6 @@ enum kernel_error {
     ERR_CHANGE_TAIL = 0,    /* bpf_skb_change_tail failed */
     ERR_STORE,              /* bpf_skb_store_bytes failed after the skb was rewritten: dropped */
     ERR_CONN_FULL,          /* conn_state full: the connection is served by userspace */
-    ERR_NO_XLATE_STATE,     /* translation needed but state vanished */
+    ERR_XLATE,              /* rewriting a sequence number failed */
     NR_KERNEL_ERRORS,
 };

@@ -14,6 +14,7 @@ struct path_key {
 struct cache_ref {
     __u32 id;
     __u32 cls;              /* size class 0..NR_CLASSES-1 */
+    __u64 last_hit_ns;      /* written by the kernel on each hit: userspace evicts the least recent */
 };
 
 #define BODY_STRUCT(n, size)                                                                        \

@@ -325,6 +325,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
     if (r == GO_ON) {
         struct cache_ref *ref = file_cache.lookup(&rb->key);
         if (ref) {
+            ref->last_hit_ns = bpf_ktime_get_ns();
             ctx->ref = *ref;
             progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
             r = PASS_CACHE_RACE;

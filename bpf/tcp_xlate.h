@@ -26,8 +26,9 @@ static __always_inline void count(int field_offset)
 
 static __always_inline void rewrite32(struct __sk_buff *skb, __u32 l4_off, __u32 field, __be32 old, __be32 new)
 {
-    bpf_skb_store_bytes(skb, l4_off + field, &new, sizeof(new), 0);
-    bpf_l4_csum_replace(skb, l4_off + TCP_CSUM_OFF, old, new, sizeof(new));
+    if (bpf_skb_store_bytes(skb, l4_off + field, &new, sizeof(new), 0) < 0 ||
+        bpf_l4_csum_replace(skb, l4_off + TCP_CSUM_OFF, old, new, sizeof(new)) < 0)
+        COUNT_ERR(ERR_XLATE);
 }
 
 /* Overwrite every SACK option (kind 5) with NOPs, fixing the checksum. */

@@ -1,16 +1,28 @@
-"""The kernel path's lifetime as seen by the server: start it if possible, else say why not."""
+"""The kernel path's lifetime as the server sees it: start it if possible, else say why not.
+
+KernelPath owns the loaded programs (Datapath), the TC attachments, the cache policy, the watcher
+and a maintenance thread (Date/heartbeat every second, coherence sweep, connection-table GC).
+Any failure to start leaves userspace serving and is reported as one reason string.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fileserver.config import Config
+from fileserver.handlers import DateCache
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache, Snapshot
 
 log = logging.getLogger("fileserver.kernel")
+
+GC_INTERVAL_S = 5.0
 
 
 class KernelPath:
@@ -18,13 +30,14 @@ class KernelPath:
 
     def __init__(self, off_reason: str | None = None) -> None:
         self.off_reason = off_reason
+        self.interfaces: list[str] = []
 
     @property
     def enabled(self) -> bool:
         return self.off_reason is None
 
     def describe(self) -> str:
-        return "on" if self.enabled else f"off ({self.off_reason})"
+        return f"on ({', '.join(self.interfaces)})" if self.enabled else f"off: {self.off_reason}"
 
     def on_user_served(self, path: str, snap: Snapshot) -> None:
         pass
@@ -35,13 +48,157 @@ class KernelPath:
     def pass_counts(self) -> dict[str, int]:
         return {}
 
+    def error_counts(self) -> dict[str, int]:
+        return {}
+
     def cache_usage(self) -> tuple[int, int]:
         return 0, 0
+
+    def stop(self) -> None:
+        pass
+
+
+class ActiveKernelPath(KernelPath):
+    def __init__(self, config: Config, resolver: Resolver, memcache: MemoryCache) -> None:
+        super().__init__(None)
+        from fileserver import tc
+        from fileserver.datapath import Datapath
+        from fileserver.kcache import KernelCache
+        from fileserver.watcher import RootWatcher
+
+        self.config = config
+        self.dates = DateCache()
+        self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose)
+        self.attachments: list[tc.Attachment] = []
+        self._stop = threading.Event()
+        try:
+            self.dp.refresh_clock(self.dates.now())
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                for ifname in config.interfaces:
+                    found = ipr.link_lookup(ifname=ifname)
+                    if not found:
+                        raise tc.TcError(f"no interface named {ifname!r} (see `ip link`)")
+                    mtu = ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
+                    self.dp.set_max_frame(found[0], mtu)
+            fds = {"ingress": self.dp.fd("fs_ingress"), "egress": self.dp.fd("fs_egress")}
+            for ifname in config.interfaces:
+                self.attachments.append(tc.attach(ifname, config.port, fds))
+                self.interfaces.append(ifname)
+            self.cache = KernelCache(self.dp, resolver, memcache, config, self.dates.now)
+            if config.hot_after == 0:
+                n = self.cache.preload()
+                log.info("pushed %d files into the kernel cache", n)
+            self.watcher = RootWatcher(str(resolver.root), self.cache.on_paths_changed)
+            self.watcher.startup()
+        except BaseException:
+            self._teardown()
+            raise
+        self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
+        self._thread.start()
+
+    def _maintain(self) -> None:
+        """Every second, on the second: fresh Date and heartbeat, and a coherence sweep."""
+        last_gc = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.dp.refresh_clock(self.dates.now())
+                self.cache.sweep()
+                if time.monotonic() - last_gc > GC_INTERVAL_S:
+                    last_gc = time.monotonic()
+                    removed = self.dp.gc_connections(self.config.port)
+                    if removed:
+                        log.debug("removed %d closed connections from conn_state", removed)
+            except Exception:
+                log.exception("kernel path maintenance failed")
+            self._stop.wait(1.0 - (time.time() % 1.0) + 0.001)
+
+    def _teardown(self) -> None:
+        from fileserver import tc
+
+        self._stop.set()
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.shutdown()
+        for att in self.attachments:
+            try:
+                tc.detach(att)
+            except Exception as e:  # keep going: detach what we can
+                log.error("could not detach from %s: %s (run `fileserver detach -i %s -p %d`)", att.ifname, e, att.ifname, att.port)
+        self.attachments.clear()
+        self.dp.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join(timeout=5)
+        self._teardown()
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def on_user_served(self, path: str, snap: Snapshot) -> None:
+        self.cache.on_user_served(path, snap)
+
+    def counters(self) -> dict[str, int]:
+        c = self.dp.counters()
+        return {
+            "hits": c.hits,
+            "hit_bytes": c.hit_bytes,
+            "retransmits": c.retransmits,
+            "xlate_in": c.xlate_in,
+            "xlate_out": c.xlate_out,
+            "csum_partial": c.csum_partial,
+            "csum_full": c.csum_full,
+            "sack_blanked": c.sack_blanked,
+        }
+
+    def pass_counts(self) -> dict[str, int]:
+        return self.dp.counters().passes
+
+    def error_counts(self) -> dict[str, int]:
+        return self.dp.counters().errors
+
+    def cache_usage(self) -> tuple[int, int]:
+        return self.cache.stats.entries, self.cache.stats.bytes
+
+
+def _privilege_problem() -> str | None:
+    if os.geteuid() == 0:
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            capeff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return "not running as root"
+    cap_net_admin, cap_bpf = 12, 39
+    if not (capeff >> cap_bpf) & 1 or not (capeff >> cap_net_admin) & 1:
+        return "not root and lacking CAP_BPF/CAP_NET_ADMIN (run as root, or via the systemd unit)"
+    return None
 
 
 @asynccontextmanager
 async def start_kernel_path(config: Config, resolver: Resolver, memcache: MemoryCache) -> AsyncIterator[KernelPath]:
+    """Yield an active kernel path, or a disabled one with the reason (logged once)."""
+    from fileserver.datapath import DatapathError
+    from fileserver.tc import TcError
+
+    kernel: KernelPath
     if not config.kernel_cache:
-        yield KernelPath("switched off by --no-kernel-cache")
-        return
-    yield KernelPath("not implemented yet")
+        kernel = KernelPath("switched off by --no-kernel-cache")
+    elif (problem := _privilege_problem()) is not None:
+        kernel = KernelPath(problem)
+    else:
+        try:
+            kernel = await asyncio.get_running_loop().run_in_executor(None, ActiveKernelPath, config, resolver, memcache)
+        except (DatapathError, TcError) as e:
+            kernel = KernelPath(str(e))
+        except Exception as e:  # netlink and bcc raise many kinds: never let them stop userspace
+            log.debug("kernel path start-up failed", exc_info=True)
+            kernel = KernelPath(f"{type(e).__name__}: {e}")
+    if not kernel.enabled:
+        log.warning("kernel path off: %s; serving from userspace only", kernel.off_reason)
+    try:
+        yield kernel
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, kernel.stop)

@@ -36,6 +36,10 @@ class FileserverCollector(Collector):
         for reason, value in self.kernel.pass_counts().items():
             passes.add_metric([reason], value)
         yield passes
+        errors = CounterMetricFamily("fileserver_kernel_errors", "Kernel path errors, by kind", labels=["kind"])
+        for kind, value in self.kernel.error_counts().items():
+            errors.add_metric([kind], value)
+        yield errors
         enabled = GaugeMetricFamily(
             "fileserver_kernel_enabled", "1 if the kernel path is attached, with the reason when off", labels=["reason"]
         )

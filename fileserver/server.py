@@ -53,28 +53,30 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     memcache = MemoryCache(config.memory_cache_bytes, config.max_memory_file_size)
     resolver = Resolver(config.root)
 
+    handler = StaticHandler(resolver, memcache, stats, autoindex=config.autoindex)
+    runner = web.AppRunner(
+        make_app(handler),
+        access_log=log.getChild("access") if config.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        shutdown_timeout=config.shutdown_timeout,
+        handle_signals=False,
+    )
+    await runner.setup()
     async with AsyncExitStack() as stack:
-        from fileserver.kernel import start_kernel_path  # imported late: pulls in bcc only when needed
+        try:
+            # Listen first: a port in use must fail before any TC filter is touched.
+            await _start_site(runner, config.bind, config.port, "HTTP")
+            from fileserver.kernel import start_kernel_path  # imported late: pulls in bcc only when needed
 
-        kernel = await stack.enter_async_context(start_kernel_path(config, resolver, memcache))
-        handler = StaticHandler(
-            resolver,
-            memcache,
-            stats,
-            autoindex=config.autoindex,
-            on_served=kernel.on_user_served if kernel.enabled else None,
-        )
-        app = make_app(handler)
-        runner = web.AppRunner(
-            app,
-            access_log=log.getChild("access") if config.access_log else None,
-            access_log_format=ACCESS_LOG_FORMAT,
-            shutdown_timeout=config.shutdown_timeout,
-            handle_signals=False,
-        )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        await _start_site(runner, config.bind, config.port, "HTTP")
+            kernel = await stack.enter_async_context(start_kernel_path(config, resolver, memcache))
+        except BaseException:
+            await runner.cleanup()
+            raise
+        # Unwound before the kernel path stops: connections the kernel answered on still need
+        # sequence translation while userspace closes them.
+        stack.push_async_callback(_linger_after, runner)
+        if kernel.enabled:
+            handler.on_served = kernel.on_user_served
 
         if config.metrics_port:
             from fileserver.metrics import start_metrics
@@ -94,3 +96,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down: finishing in-flight responses")
     log.info("stopped")
+
+
+async def _linger_after(runner: web.AppRunner) -> None:
+    await runner.cleanup()
+    await asyncio.sleep(0.3)  # let the closing handshakes (FIN/ACK) pass through translation

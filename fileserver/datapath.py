@@ -1,0 +1,307 @@
+"""The BPF side, owned by one object: compile and load with bcc, typed map access, counters.
+
+bcc compiles bpf/main.c at start-up. Its local includes are expanded into one text first (bcc
+rewrites map calls like `file_cache.lookup()` only in its main file), with #line markers so compiler
+and verifier messages name the real file and line. Settings are passed as -D flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import logging
+import os
+import re
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fileserver.reasons import KernelError, PassReason
+
+log = logging.getLogger("fileserver.datapath")
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+MAIN_SOURCE = BPF_DIR / "main.c"
+# From bpf/consts.h: where the Date slot sits in every response and how long it is.
+DATE_SLOT_OFFSET = 22
+DATE_SLOT_LEN = 32
+MAX_FRAME = 16064
+BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k")
+PARSE_STAGES = 2
+PROG_SEND0 = PARSE_STAGES
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+class DatapathError(RuntimeError):
+    """The kernel path cannot run; the message says why and what to do."""
+
+
+def expand_source(path: Path, seen: set[Path] | None = None) -> str:
+    """Inline local `#include "x"` files (once each), keeping file/line numbers with #line."""
+    seen = set() if seen is None else seen
+    out = [f'#line 1 "{path.name}"']
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        m = _INCLUDE.match(line)
+        if m:
+            dep = (path.parent / m.group(1)).resolve()
+            if dep not in seen:
+                seen.add(dep)
+                out.append(expand_source(dep, seen))
+            out.append(f'#line {n + 1} "{path.name}"')
+        elif line.strip() == "#pragma once":
+            out.append("")
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def internet_checksum_le(data: bytes) -> int:
+    """16-bit one's complement sum of data as bpf_csum_diff computes it on a little-endian CPU."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"<{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def body_checksum(response: bytes) -> int:
+    """Checksum of a cached response with the Date slot zeroed (the kernel adds the fresh Date)."""
+    masked = response[:DATE_SLOT_OFFSET] + bytes(DATE_SLOT_LEN) + response[DATE_SLOT_OFFSET + DATE_SLOT_LEN :]
+    return internet_checksum_le(masked)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """bcc and libbpf print compiler errors and verifier logs on fd 2: capture them."""
+    captured: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode(errors="replace"))
+
+
+def _summarise(log_text: str) -> str:
+    lines = [ln for ln in log_text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln or "fatal" in ln:
+            return ln.strip()
+    return lines[-1].strip() if lines else "no details"
+
+
+@dataclass
+class Counters:
+    hits: int
+    hit_bytes: int
+    retransmits: int
+    xlate_in: int
+    xlate_out: int
+    csum_partial: int
+    csum_full: int
+    sack_blanked: int
+    passes: dict[str, int]
+    errors: dict[str, int]
+
+
+class Datapath:
+    """Loaded programs and their maps. Close it to release them (the filters are tc.py's job)."""
+
+    def __init__(self, port: int, cache_entries: int, verbose: bool = False) -> None:
+        try:
+            from bcc import BPF  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise DatapathError(f"bcc is not installed ({e}): run `make setup` (Debian package python3-bpfcc)") from None
+        self._BPF = BPF
+        cflags = [
+            f"-DSERVER_PORT={port}",
+            f"-DCACHE_ENTRIES={cache_entries}",
+            "-Wno-unused-value",
+            "-Wno-pointer-sign",
+            "-Wno-compare-distinct-pointer-types",
+            "-Wno-incompatible-pointer-types-discards-qualifiers",
+        ]
+        text = expand_source(MAIN_SOURCE)
+        t0 = time.monotonic()
+        with _captured_stderr() as out:
+            try:
+                self.bpf = BPF(text=text.encode(), cflags=cflags)
+            except Exception:
+                self.bpf = None
+        if self.bpf is None:
+            detail = out[0] if out else ""
+            if verbose:
+                log.debug("bcc compiler output:\n%s", detail)
+            raise DatapathError(
+                f"bcc could not compile the BPF program ({_summarise(detail)}); kernel headers missing? run `make setup`"
+            )
+        self.programs: dict[str, object] = {}
+        names = ["fs_ingress", "fs_egress"] + [f"fs_parse{i}" for i in range(PARSE_STAGES)]
+        names += [f"fs_send{i}" for i in range(len(BODY_MAPS))]
+        for name in names:
+            with _captured_stderr() as out:
+                try:
+                    self.programs[name] = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
+                    err = None
+                except Exception as e:
+                    err = e
+            if err is not None:
+                detail = out[0] if out else ""
+                if verbose:
+                    log.debug("verifier log for %s:\n%s", name, detail)
+                self.close()
+                if isinstance(err, PermissionError) or "Operation not permitted" in str(err):
+                    raise DatapathError("not allowed to load BPF programs: run as root (or with CAP_BPF and CAP_NET_ADMIN)")
+                raise DatapathError(f"the kernel rejected BPF program {name}: {_summarise(detail)} (run with -v for the verifier log)")
+        progs = self.bpf["progs"]
+        for i in range(PARSE_STAGES):
+            progs[ct.c_int(i)] = ct.c_int(self.programs[f"fs_parse{i}"].fd)  # type: ignore[attr-defined]
+        for i in range(len(BODY_MAPS)):
+            progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
+        self.file_cache = self.bpf["file_cache"]
+        self.bodies = [self.bpf[name] for name in BODY_MAPS]
+        self.class_sizes = [ct.sizeof(m.Leaf) - 8 for m in self.bodies]
+        self.conn_state = self.bpf["conn_state"]
+        self.counters_map = self.bpf["counters"]
+        self.clock = self.bpf["clock"]
+        self.if_max_frame = self.bpf["if_max_frame"]
+        log.debug("BPF programs compiled and loaded in %.1f s", time.monotonic() - t0)
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def fd(self, name: str) -> int:
+        return self.programs[name].fd  # type: ignore[attr-defined,no-any-return]
+
+    # -- configuration and heartbeat --------------------------------------------------------------
+
+    def set_max_frame(self, ifindex: int, mtu: int) -> None:
+        self.if_max_frame[ct.c_int(ifindex)] = ct.c_uint(min(mtu + 14, MAX_FRAME))
+
+    def refresh_clock(self, date: str) -> None:
+        """Write the Date slot bytes and the heartbeat (one atomic hash-map update)."""
+        leaf = self.clock.Leaf()
+        leaf.updated_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+        slot = b" " + date.encode() + b"\r\n"
+        assert len(slot) == DATE_SLOT_LEN
+        ct.memmove(ct.addressof(leaf) + 8, slot, DATE_SLOT_LEN)
+        self.clock[ct.c_uint(0)] = leaf
+
+    # -- the cache --------------------------------------------------------------------------------
+
+    def size_class(self, length: int) -> int | None:
+        for cls, size in enumerate(self.class_sizes):
+            if length <= size:
+                return cls
+        return None
+
+    def _path_key(self, url_path: str) -> object:
+        key = self.file_cache.Key()
+        raw = url_path.encode()
+        if len(raw) >= ct.sizeof(key):
+            raise ValueError(f"path too long for the kernel cache: {url_path}")
+        ct.memmove(ct.addressof(key), raw, len(raw))
+        return key
+
+    def put_body(self, cls: int, body_id: int, response: bytes) -> None:
+        table = self.bodies[cls]
+        leaf = table.Leaf()
+        leaf.len = len(response)
+        leaf.csum = body_checksum(response)
+        ct.memmove(ct.addressof(leaf) + 8, response, len(response))
+        table[ct.c_uint(body_id)] = leaf
+
+    def delete_body(self, cls: int, body_id: int) -> None:
+        with contextlib.suppress(KeyError):
+            del self.bodies[cls][ct.c_uint(body_id)]
+
+    def set_ref(self, url_path: str, body_id: int, cls: int) -> None:
+        leaf = self.file_cache.Leaf()
+        leaf.id = body_id
+        leaf.cls = cls
+        leaf.last_hit_ns = 0
+        self.file_cache[self._path_key(url_path)] = leaf
+
+    def delete_ref(self, url_path: str) -> None:
+        with contextlib.suppress(KeyError):
+            del self.file_cache[self._path_key(url_path)]
+
+    def last_hits(self) -> dict[str, int]:
+        """URL path -> bpf_ktime_get_ns of its last kernel hit (0 = never)."""
+        out = {}
+        for k, v in self.file_cache.items():
+            out[bytes(k.path).rstrip(b"\0").decode()] = v.last_hit_ns
+        return out
+
+    # -- counters and connections -----------------------------------------------------------------
+
+    def counters(self) -> Counters:
+        per_cpu = self.counters_map[ct.c_int(0)]
+        mask = (1 << 64) - 1
+
+        def total(field: str) -> int:
+            return sum(getattr(c, field) for c in per_cpu) & mask
+
+        # The C field is named `pass`, a Python keyword: reach it with getattr.
+        passes = {r.label: sum(getattr(c, "pass")[r] for c in per_cpu) & mask for r in PassReason}
+        errors = {e.label: sum(c.errors[e] for c in per_cpu) & mask for e in KernelError}
+        return Counters(
+            hits=total("hits"),
+            hit_bytes=total("hit_bytes"),
+            retransmits=total("retransmits"),
+            xlate_in=total("xlate_in"),
+            xlate_out=total("xlate_out"),
+            csum_partial=total("csum_partial"),
+            csum_full=total("csum_full"),
+            sack_blanked=total("sack_blanked"),
+            passes=passes,
+            errors=errors,
+        )
+
+    def conn_entries(self) -> int:
+        return sum(1 for _ in self.conn_state.keys())
+
+    def gc_connections(self, port: int, idle_ns: int = 10 * 1_000_000_000) -> int:
+        """Delete conn_state entries of connections that no longer exist (and were idle a while)."""
+        live = _live_connections(port)
+        now = time.monotonic_ns()
+        dead = []
+        for k, v in self.conn_state.items():
+            tup = (k.client_ip, k.client_port, k.server_ip)
+            if tup not in live and now - v.last_seen_ns > idle_ns:
+                dead.append(k)
+        for k in dead:
+            with contextlib.suppress(KeyError):
+                del self.conn_state[k]
+        return len(dead)
+
+
+def _live_connections(port: int) -> set[tuple[int, int, int]]:
+    """(client ip, client port, server ip) of TCP sockets on our port, as the maps store them
+    (addresses in network order read as a native u32, ports in network order as a native u16)."""
+    live = set()
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            laddr, lport = parts[1].split(":")
+            raddr, rport = parts[2].split(":")
+            if int(lport, 16) != port:
+                continue
+            # /proc prints the address as the native u32 in hex, which is what the key holds.
+            client_port_net = socket.htons(int(rport, 16))
+            live.add((int(raddr, 16), client_port_net, int(laddr, 16)))
+    return live

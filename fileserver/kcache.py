@@ -1,0 +1,202 @@
+"""The kernel cache policy: which files live in file_cache, and keeping them coherent.
+
+A small file becomes hot after `hot_after` userspace hits (or at start with --hot-after 0) and is
+pushed: its full 200 response, built by the same code as the userspace response, goes into a body
+map of its size class under a fresh id, then file_cache is pointed at it, then the old body is
+deleted. Readers therefore see one whole version or miss. The number of entries is bounded; the
+least recently hit entry (kernel or userspace) is evicted to make room.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fileserver.config import Config
+from fileserver.datapath import Datapath
+from fileserver.http_semantics import Validators, response_head
+from fileserver.resolve import INDEX_FILE, Outcome, Resolver, is_canonical
+from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
+
+log = logging.getLogger("fileserver.kcache")
+
+
+@dataclass
+class Entry:
+    url_path: str
+    file: Path
+    validators: Validators
+    body_id: int
+    cls: int
+    size: int  # response bytes
+    user_hit_ns: int
+
+
+@dataclass
+class CacheStats:
+    entries: int = 0
+    bytes: int = 0
+    evictions: int = 0
+    updates_hot: int = 0
+    updates_modified: int = 0
+    updates_deleted: int = 0
+
+
+class KernelCache:
+    def __init__(
+        self, dp: Datapath, resolver: Resolver, memcache: MemoryCache, config: Config, date: Callable[[], str]
+    ) -> None:
+        self.dp = dp
+        self.resolver = resolver
+        self.memcache = memcache
+        self.config = config
+        self.date = date
+        self.entries: dict[str, Entry] = {}
+        self.stats = CacheStats()
+        self._hits: Counter[str] = Counter()
+        self._next_id = 1
+        self._lock = threading.RLock()
+
+    # -- policy -----------------------------------------------------------------------------------
+
+    def eligible(self, snap: Snapshot) -> bool:
+        return snap.validators.size <= self.config.max_kernel_file_size
+
+    def on_user_served(self, url_path: str, snap: Snapshot) -> None:
+        """Called by the userspace handler after a full 200 GET of a small file."""
+        if not self.eligible(snap):
+            return
+        with self._lock:
+            entry = self.entries.get(url_path)
+            if entry is not None:
+                entry.user_hit_ns = time.monotonic_ns()
+                if entry.validators == snap.validators:
+                    return  # already cached (this request just raced the push or was ineligible in BPF)
+            self._hits[url_path] += 1
+            if self._hits[url_path] >= self.config.hot_after or entry is not None:
+                self._push(url_path, snap, cause="hot" if entry is None else "modified")
+
+    def preload(self) -> int:
+        """--hot-after 0: push every eligible file under the root at start."""
+        pushed = 0
+        for dirpath, dirnames, filenames in os.walk(self.resolver.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = os.path.relpath(dirpath, self.resolver.root)
+            base = "/" if rel == "." else "/" + rel.replace(os.sep, "/") + "/"
+            for name in sorted(filenames):
+                urls = [base + name] + ([base] if name == INDEX_FILE else [])
+                for url in urls:
+                    if len(self.entries) >= self.config.kernel_cache_entries:
+                        return pushed
+                    if is_canonical(url) and self.refresh(url, cause="hot"):
+                        pushed += 1
+        return pushed
+
+    # -- coherence --------------------------------------------------------------------------------
+
+    def refresh(self, url_path: str, cause: str = "modified") -> bool:
+        """Rebuild or drop the entry for url_path from what the filesystem says now."""
+        resolved = self.resolver.resolve(url_path)
+        if resolved.outcome is not Outcome.FILE or resolved.path is None:
+            self.drop(url_path)
+            return False
+        try:
+            snap = self.memcache.get(resolved.path)
+        except (OSError, FileChanging):
+            self.drop(url_path)
+            return False
+        if snap is None or not self.eligible(snap):
+            self.drop(url_path)
+            return False
+        with self._lock:
+            entry = self.entries.get(url_path)
+            if entry is not None and entry.validators == snap.validators and entry.file == snap.path:
+                return True
+            return self._push(url_path, snap, cause=cause)
+
+    def on_paths_changed(self, paths: list[str]) -> None:
+        """Filesystem events (watchdog thread): refresh every entry whose file may be affected."""
+        with self._lock:
+            targets = set()
+            for changed in paths:
+                for url, entry in self.entries.items():
+                    f = str(entry.file)
+                    if f == changed or f.startswith(changed.rstrip(os.sep) + os.sep):
+                        targets.add(url)
+        for url in targets:
+            self.refresh(url)
+
+    def sweep(self) -> None:
+        """Revalidate every entry (safety net for events inotify cannot report, e.g. symlinks)."""
+        with self._lock:
+            urls = list(self.entries)
+        for url in urls:
+            self.refresh(url)
+
+    # -- map updates ------------------------------------------------------------------------------
+
+    def _push(self, url_path: str, snap: Snapshot, cause: str) -> bool:
+        response = response_head(snap.path.name, snap.validators, self.date()) + snap.body
+        cls = self.dp.size_class(len(response))
+        if cls is None:
+            return False
+        with self._lock:
+            old = self.entries.get(url_path)
+            if old is None and len(self.entries) >= self.config.kernel_cache_entries:
+                self._evict_one()
+            body_id = self._next_id
+            self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+            try:
+                self.dp.put_body(cls, body_id, response)
+                self.dp.set_ref(url_path, body_id, cls)
+            except (OSError, KeyError, ValueError) as e:
+                # A full map or an oversized key: the request is simply served by userspace.
+                log.debug("could not push %s to the kernel cache: %s", url_path, e)
+                self.dp.delete_body(cls, body_id)
+                return False
+            if old is not None:
+                self.dp.delete_body(old.cls, old.body_id)
+                self.stats.bytes -= old.size
+            self.entries[url_path] = Entry(url_path, snap.path, snap.validators, body_id, cls, len(response), time.monotonic_ns())
+            self.stats.bytes += len(response)
+            self.stats.entries = len(self.entries)
+            if cause == "hot" and old is None:
+                self.stats.updates_hot += 1
+            else:
+                self.stats.updates_modified += 1
+            self._hits.pop(url_path, None)
+        log.debug("kernel cache: %s %s (%d bytes, class %d)", cause, url_path, len(response), cls)
+        return True
+
+    def drop(self, url_path: str) -> None:
+        with self._lock:
+            entry = self.entries.pop(url_path, None)
+            if entry is None:
+                return
+            self.dp.delete_ref(url_path)
+            self.dp.delete_body(entry.cls, entry.body_id)
+            self.stats.bytes -= entry.size
+            self.stats.entries = len(self.entries)
+            self.stats.updates_deleted += 1
+        log.debug("kernel cache: dropped %s", url_path)
+
+    def _evict_one(self) -> None:
+        kernel_hits = self.dp.last_hits()
+        victim = min(
+            self.entries.values(),
+            key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, 0)),
+        )
+        self.drop(victim.url_path)
+        self.stats.updates_deleted -= 1
+        self.stats.evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            for url in list(self.entries):
+                self.drop(url)
