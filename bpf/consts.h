@@ -6,10 +6,9 @@
 #endif
 
 /* skb->mark on segments the ingress program built and redirected, so the egress program leaves
- * them alone (they are already in the client's sequence space). */
-#ifndef KERNEL_MARK
-#define KERNEL_MARK 0x7e57f11e
-#endif
+ * them alone (they are already in the client's sequence space). It includes the port: another
+ * instance's egress filter on the same interface must not mistake our segment for its own. */
+#define KERNEL_MARK (0x7e570000 | SERVER_PORT)
 
 #define ETH_HLEN_ 14
 #define IPV4_HLEN 20            /* we only build and answer on headers without IP options */

@@ -1,0 +1,38 @@
+# fileserver: one command to set up and run, one to set up and test.
+# As root on Debian 12: `make run` serves www/ on http://127.0.0.1:8080/, `make test` runs every test.
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PORT    ?= 8080
+IFACE   ?= lo
+PREFIX  ?= /usr/local
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench install uninstall clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/fileserver --root www --port $(PORT) --interface $(IFACE)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: setup
+	install -d $(PREFIX)/bin
+	printf '#!/bin/sh\nexec %s/%s/bin/fileserver "$$@"\n' "$(CURDIR)" "$(VENV)" > $(PREFIX)/bin/fileserver
+	chmod 755 $(PREFIX)/bin/fileserver
+	sed -e 's|@ROOT@|$(CURDIR)/www|g' -e 's|@BIN@|$(PREFIX)/bin/fileserver|g' systemd/fileserver.service \
+		> /etc/systemd/system/fileserver.service
+	systemctl daemon-reload 2>/dev/null || true
+	@echo "installed $(PREFIX)/bin/fileserver and /etc/systemd/system/fileserver.service"
+	@echo "start it with: systemctl enable --now fileserver"
+
+uninstall:
+	rm -f $(PREFIX)/bin/fileserver /etc/systemd/system/fileserver.service
+	systemctl daemon-reload 2>/dev/null || true
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, NetNS, Server, require_root
+
+SITE_FILES = {
+    "index.html": b"<!doctype html><title>test</title><p>index\n",
+    "hot.txt": b"hot file body\n" * 8,
+    "style.css": b"body { color: #333; }\n" * 20,
+    "sub/index.html": b"<p>sub index</p>\n",
+    "sub/page.html": b"<p>sub page</p>\n",
+    "mid.bin": bytes(range(256)) * 20,  # 5 KiB: several MSS on a 1500 link, one skb on lo
+    "big.bin": bytes(range(251)) * 1200,  # ~300 KiB: never in the kernel, sendfile path
+}
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A small document root with known bytes."""
+    root = tmp_path / "www"
+    for rel, data in SITE_FILES.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNS]:
+    require_root()
+    ns = NetNS()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+@pytest.fixture
+def server_factory(netns: NetNS) -> Iterator[object]:
+    started: list[Server] = []
+
+    def start(root: Path, *args: str, **kw: object) -> Server:
+        srv = Server(netns, root, *args, **kw)  # type: ignore[arg-type]
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def demo_root() -> Path:
+    return REPO / "www"
+
+
+@pytest.fixture
+def tool() -> object:
+    return shutil.which

@@ -1,0 +1,54 @@
+"""Pure parts of the datapath module: source expansion, checksums, constants shared with C."""
+
+import re
+import struct
+
+from fileserver import datapath
+from fileserver.config import KERNEL_MAX_RESPONSE
+from fileserver.http_semantics import DATE_LEN, DATE_OFFSET
+from tests.support import REPO
+
+
+def c_define(name: str) -> str:
+    text = (REPO / "bpf" / "consts.h").read_text()
+    m = re.search(rf"#define {name} (\S+)", text)
+    assert m, name
+    return m.group(1)
+
+
+def test_constants_agree_with_c() -> None:
+    assert int(c_define("DATE_SLOT_OFFSET")) == datapath.DATE_SLOT_OFFSET == DATE_OFFSET - 1
+    assert int(c_define("DATE_SLOT_LEN")) == datapath.DATE_SLOT_LEN == DATE_LEN + 3
+    assert int(c_define("MAX_FRAME")) == datapath.MAX_FRAME
+    assert KERNEL_MAX_RESPONSE == datapath.MAX_FRAME - 14 - 20 - 32
+    assert int(c_define("PARSE_WINDOW")) * datapath.PARSE_STAGES == 1024
+
+
+def test_expand_source_inlines_each_header_once() -> None:
+    text = datapath.expand_source(datapath.MAIN_SOURCE)
+    assert '#include "' not in text
+    assert text.count("struct conn_state {") == 1
+    assert '#line 1 "parse.h"' in text
+
+
+def reference_checksum(data: bytes) -> int:
+    """RFC 1071 in network byte order."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def test_le_checksum_is_byte_swapped_rfc1071() -> None:
+    for data in (b"", b"a", b"hello world", bytes(range(256)) * 3):
+        le = datapath.internet_checksum_le(data)
+        assert ((le >> 8) | (le & 0xFF) << 8) == reference_checksum(data)
+
+
+def test_body_checksum_ignores_date_slot() -> None:
+    a = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nX: y\r\n\r\nbody"
+    b = a.replace(b"08:49:37", b"09:00:00")
+    assert datapath.body_checksum(a) == datapath.body_checksum(b)
+    assert datapath.body_checksum(a) != datapath.body_checksum(a.replace(b"body", b"bodx"))
