@@ -23,7 +23,8 @@ install: setup
 	install -d $(PREFIX)/bin
 	printf '#!/bin/sh\nexec %s/%s/bin/fileserver "$$@"\n' "$(CURDIR)" "$(VENV)" > $(PREFIX)/bin/fileserver
 	chmod 755 $(PREFIX)/bin/fileserver
-	sed -e 's|@ROOT@|$(CURDIR)/www|g' -e 's|@BIN@|$(PREFIX)/bin/fileserver|g' systemd/fileserver.service \
+	sed -e 's|@ROOT@|$(CURDIR)/www|g' -e 's|@BIN@|$(PREFIX)/bin/fileserver|g' -e 's|@REPO@|$(CURDIR)|g' \
+		systemd/fileserver.service \
 		> /etc/systemd/system/fileserver.service
 	systemctl daemon-reload 2>/dev/null || true
 	@echo "installed $(PREFIX)/bin/fileserver and /etc/systemd/system/fileserver.service"

@@ -1,4 +1,4 @@
-"""Command line: parse options, build the Config, run the server."""
+"""Command line: parse options, build the Config, run the server (uvicorn's main.py in spirit)."""
 
 from __future__ import annotations
 
@@ -13,32 +13,47 @@ from fileserver import __version__
 from fileserver.config import KERNEL_MAX_RESPONSE, Config, ConfigError
 
 
-@click.group(invoke_without_command=True, context_settings={"auto_envvar_prefix": "FILESERVER", "show_default": True})
-@click.option("-d", "--root", type=click.Path(path_type=Path), default=Path("www"), help="Document root.")
-@click.option("-p", "--port", type=int, default=8080, help="HTTP port.")
-@click.option("--bind", default="0.0.0.0", help="Address to listen on.")
-@click.option("-i", "--interface", "interfaces", multiple=True, default=("lo",), help="Interface for the kernel path (repeatable).")
-@click.option("-n", "--no-kernel-cache", is_flag=True, help="Serve from userspace only.")
-@click.option("--metrics-port", type=int, default=9180, help="Prometheus /metrics port (0 = off).")
-@click.option("--metrics-bind", default="127.0.0.1", help="Address for the metrics endpoint.")
-@click.option("--hot-after", type=int, default=3, help="Push a file to the kernel after N userspace hits (0 = all at start).")
-@click.option("--max-kernel-file-size", type=int, default=15 * 1024, help=f"Largest response the kernel serves (at most {KERNEL_MAX_RESPONSE}).")
-@click.option("--kernel-cache-entries", type=int, default=1024, help="Most files held in the kernel cache.")
-@click.option("--autoindex", is_flag=True, help="List directories that have no index.html.")
-@click.option("--access-log", is_flag=True, help="Log every userspace request (combined format).")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging (includes the BPF verifier log on failure).")
+def _setup_logging(verbose: bool) -> None:
+    """One line per event on stderr (journald adds its own timestamps under systemd)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    # -v is about our own decisions (cache events, verifier logs), not every library's chatter.
+    logging.getLogger("fileserver").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+
+
+def _envvar(name: str) -> str:
+    return f"FILESERVER_{name}"
+
+
+@click.group(invoke_without_command=True, context_settings={"show_default": True})
+@click.option("-d", "--root", type=click.Path(path_type=Path), default=Path("www"), envvar=_envvar("ROOT"), help="Document root.")
+@click.option("-p", "--port", type=int, default=8080, envvar=_envvar("PORT"), help="HTTP port.")
+@click.option("--bind", default="0.0.0.0", envvar=_envvar("BIND"), help="Address to listen on.")
+@click.option("-i", "--interface", "interfaces", multiple=True, default=("lo",), envvar=_envvar("INTERFACE"),
+              help="Interface for the kernel path (repeatable; in the environment, space-separated).")
+@click.option("-n", "--no-kernel-cache", is_flag=True, envvar=_envvar("NO_KERNEL_CACHE"), help="Serve from userspace only.")
+@click.option("--metrics-port", type=int, default=9180, envvar=_envvar("METRICS_PORT"), help="Prometheus /metrics port (0 = off).")
+@click.option("--metrics-bind", default="127.0.0.1", envvar=_envvar("METRICS_BIND"), help="Address for the metrics endpoint.")
+@click.option("--hot-after", type=int, default=3, envvar=_envvar("HOT_AFTER"),
+              help="Push a file to the kernel after N userspace hits (0 = every eligible file at start).")
+@click.option("--max-kernel-file-size", type=int, default=15 * 1024, envvar=_envvar("MAX_KERNEL_FILE_SIZE"),
+              help=f"Largest file the kernel serves, in bytes (its response must also fit one segment; at most {KERNEL_MAX_RESPONSE}).")
+@click.option("--kernel-cache-entries", type=int, default=1024, envvar=_envvar("KERNEL_CACHE_ENTRIES"), help="Most files held in the kernel cache.")
+@click.option("--autoindex", is_flag=True, envvar=_envvar("AUTOINDEX"), help="List directories that have no index.html.")
+@click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
+@click.option("-v", "--verbose", is_flag=True, envvar=_envvar("VERBOSE"), help="Debug logging, including the BPF verifier log on failure.")
 @click.version_option(__version__, prog_name="fileserver")
 @click.pass_context
 def main(ctx: click.Context, **opts: object) -> None:
     """Serve a directory over HTTP; small hot files are answered by the kernel (eBPF at TC ingress)."""
+    ctx.obj = opts
     if ctx.invoked_subcommand is not None:
         return
-    verbose = bool(opts["verbose"])
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _setup_logging(bool(opts["verbose"]))
     try:
         config = Config(
             root=opts["root"],  # type: ignore[arg-type]
@@ -53,7 +68,7 @@ def main(ctx: click.Context, **opts: object) -> None:
             kernel_cache_entries=opts["kernel_cache_entries"],  # type: ignore[arg-type]
             autoindex=bool(opts["autoindex"]),
             access_log=bool(opts["access_log"]),
-            verbose=verbose,
+            verbose=bool(opts["verbose"]),
         ).validated()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
@@ -64,3 +79,23 @@ def main(ctx: click.Context, **opts: object) -> None:
         asyncio.run(serve(config))
     except StartupError as e:
         raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.pass_context
+def detach(ctx: click.Context) -> None:
+    """Remove this port's TC filters from the interfaces (after a crash; used by the systemd unit).
+
+    Takes the same --port and --interface as the server (given before `detach`, or from the
+    environment). Filters of other ports and other programs are left alone.
+    """
+    from fileserver.tc import TcError, detach_port
+
+    opts = ctx.obj
+    total = 0
+    for ifname in opts["interfaces"]:
+        try:
+            total += detach_port(ifname, opts["port"])
+        except TcError as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(f"removed {total} filter(s) for port {opts['port']}")
