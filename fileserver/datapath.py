@@ -116,12 +116,11 @@ class Counters:
 class Datapath:
     """Loaded programs and their maps. Close it to release them (the filters are tc.py's job)."""
 
-    def __init__(self, port: int, cache_entries: int, verbose: bool = False) -> None:
+    def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE) -> None:
         try:
             from bcc import BPF  # type: ignore[import-not-found]
         except ImportError as e:
             raise DatapathError(f"bcc is not installed ({e}): run `make setup` (Debian package python3-bpfcc)") from None
-        self._BPF = BPF
         cflags = [
             f"-DSERVER_PORT={port}",
             f"-DCACHE_ENTRIES={cache_entries}",
@@ -130,7 +129,7 @@ class Datapath:
             "-Wno-compare-distinct-pointer-types",
             "-Wno-incompatible-pointer-types-discards-qualifiers",
         ]
-        text = expand_source(MAIN_SOURCE)
+        text = expand_source(source)
         t0 = time.monotonic()
         with _captured_stderr() as out:
             try:
@@ -162,18 +161,19 @@ class Datapath:
                 if isinstance(err, PermissionError) or "Operation not permitted" in str(err):
                     raise DatapathError("not allowed to load BPF programs: run as root (or with CAP_BPF and CAP_NET_ADMIN)")
                 raise DatapathError(f"the kernel rejected BPF program {name}: {_summarise(detail)} (run with -v for the verifier log)")
-        progs = self.bpf["progs"]
+        progs = self.bpf[b"progs"]
         for i in range(PARSE_STAGES):
             progs[ct.c_int(i)] = ct.c_int(self.programs[f"fs_parse{i}"].fd)  # type: ignore[attr-defined]
         for i in range(len(BODY_MAPS)):
             progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
-        self.file_cache = self.bpf["file_cache"]
-        self.bodies = [self.bpf[name] for name in BODY_MAPS]
+        self.file_cache = self.bpf[b"file_cache"]
+        self.bodies = [self.bpf[name.encode()] for name in BODY_MAPS]
         self.class_sizes = [ct.sizeof(m.Leaf) - 8 for m in self.bodies]
-        self.conn_state = self.bpf["conn_state"]
-        self.counters_map = self.bpf["counters"]
-        self.clock = self.bpf["clock"]
-        self.if_max_frame = self.bpf["if_max_frame"]
+        self.conn_state = self.bpf[b"conn_state"]
+        self.conn_capacity = int(self.conn_state.max_entries)
+        self.counters_map = self.bpf[b"counters"]
+        self.clock = self.bpf[b"clock"]
+        self.if_max_frame = self.bpf[b"if_max_frame"]
         log.debug("BPF programs compiled and loaded in %.1f s", time.monotonic() - t0)
 
     # -- lifetime ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -36,6 +37,10 @@ ALLOWED_METHODS = "GET, HEAD"
 
 # Called after userspace served a whole small file with 200: (canonical request path, snapshot).
 ServedHook = Callable[[str, Snapshot], None]
+
+
+class LatencyObserver(Protocol):
+    def observe(self, amount: float) -> None: ...
 
 
 class DateCache:
@@ -75,11 +80,17 @@ class StaticHandler:
         self.stats = stats
         self.autoindex = autoindex
         self.on_served = on_served
+        self.latency: LatencyObserver | None = None
         self.dates = DateCache()
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
+        start = time.perf_counter()
         self.stats.requests += 1
-        return self._respond(request)
+        response = self._respond(request)
+        self.stats.response_bytes += _wire_size(response)
+        if self.latency is not None:
+            self.latency.observe(time.perf_counter() - start)
+        return response
 
     # -- helpers that build complete responses --------------------------------------------------
 
@@ -165,6 +176,20 @@ class StaticHandler:
         headers = CIMultiDict(common_headers(self.dates.now()))
         headers["Content-Type"] = "text/html; charset=utf-8"
         return web.Response(body=page.encode(), headers=headers)
+
+
+def _wire_size(response: web.StreamResponse) -> int:
+    """Bytes of status line, headers and body as aiohttp will send them on an HTTP/1.1 keep-alive
+    connection (it adds only Content-Length to what we set)."""
+    status_line = len(f"HTTP/1.1 {response.status} {response.reason}\r\n")
+    headers = sum(len(k) + len(v) + 4 for k, v in response.headers.items()) + 2
+    if isinstance(response, web.Response):
+        body = len(response.body) if isinstance(response.body, bytes) else 0
+        if "Content-Length" not in response.headers:
+            headers += len(f"Content-Length: {body}\r\n")
+        return status_line + headers + (0 if response.status == 304 else body)
+    length = response.headers.get("Content-Length", "")
+    return status_line + headers + (int(length) if length.isdigit() else 0)
 
 
 class _LargeFileResponse(web.FileResponse):

@@ -8,6 +8,7 @@ Any failure to start leaves userspace serving and is reported as one reason stri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -51,7 +52,10 @@ class KernelPath:
     def error_counts(self) -> dict[str, int]:
         return {}
 
-    def cache_usage(self) -> tuple[int, int]:
+    def cache_stats(self) -> dict[str, int]:
+        return {}
+
+    def conn_usage(self) -> tuple[int, int]:
         return 0, 0
 
     def stop(self) -> None:
@@ -159,8 +163,11 @@ class ActiveKernelPath(KernelPath):
     def error_counts(self) -> dict[str, int]:
         return self.dp.counters().errors
 
-    def cache_usage(self) -> tuple[int, int]:
-        return self.cache.stats.entries, self.cache.stats.bytes
+    def cache_stats(self) -> dict[str, int]:
+        return dataclasses.asdict(self.cache.stats)
+
+    def conn_usage(self) -> tuple[int, int]:
+        return self.dp.conn_entries(), self.dp.conn_capacity
 
 
 def _privilege_problem() -> str | None:

@@ -1,4 +1,8 @@
-"""Prometheus metrics: collectors that read state at scrape time, served by aiohttp."""
+"""Prometheus metrics: collectors that read state at scrape time, served by aiohttp.
+
+Counters of the kernel path live in a per-CPU BPF map and are summed only when scraped; nothing
+polls them in between (prometheus/client_python's custom Collector pattern).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from fileserver import __version__
 from fileserver.config import Config
 from fileserver.handlers import UserStats
 
 if TYPE_CHECKING:
     from fileserver.kernel import KernelPath
+
+# Userspace request latency buckets, in seconds: a static file server answers in micro- to milliseconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class FileserverCollector(Collector):
@@ -25,11 +33,18 @@ class FileserverCollector(Collector):
         self.kernel = kernel
 
     def collect(self) -> Iterator[Metric]:
-        counters = self.kernel.counters()
+        k = self.kernel.counters()
         requests = CounterMetricFamily("fileserver_requests", "HTTP requests answered, by path", labels=["path"])
-        requests.add_metric(["kernel"], counters.get("hits", 0))
+        requests.add_metric(["kernel"], k.get("hits", 0))
         requests.add_metric(["user"], self.stats.requests)
         yield requests
+        resp_bytes = CounterMetricFamily(
+            "fileserver_response_bytes", "Response bytes sent (headers and body), by path", labels=["path"]
+        )
+        resp_bytes.add_metric(["kernel"], k.get("hit_bytes", 0))
+        resp_bytes.add_metric(["user"], self.stats.response_bytes)
+        yield resp_bytes
+
         passes = CounterMetricFamily(
             "fileserver_kernel_passes", "Requests the kernel passed to userspace, by reason", labels=["reason"]
         )
@@ -40,30 +55,73 @@ class FileserverCollector(Collector):
         for kind, value in self.kernel.error_counts().items():
             errors.add_metric([kind], value)
         yield errors
+        yield CounterMetricFamily(
+            "fileserver_kernel_retransmits",
+            "Lost kernel answers answered again after the client retransmitted the request",
+            value=k.get("retransmits", 0),
+        )
+        xlate = CounterMetricFamily(
+            "fileserver_kernel_translated_segments", "Segments whose sequence numbers were translated", labels=["direction"]
+        )
+        xlate.add_metric(["in"], k.get("xlate_in", 0))
+        xlate.add_metric(["out"], k.get("xlate_out", 0))
+        yield xlate
+        csum = CounterMetricFamily(
+            "fileserver_kernel_checksums", "Kernel answers by checksum mode", labels=["mode"]
+        )
+        csum.add_metric(["offload"], k.get("csum_partial", 0))
+        csum.add_metric(["full"], k.get("csum_full", 0))
+        yield csum
+
         enabled = GaugeMetricFamily(
             "fileserver_kernel_enabled", "1 if the kernel path is attached, with the reason when off", labels=["reason"]
         )
         enabled.add_metric([self.kernel.off_reason or ""], 1 if self.kernel.enabled else 0)
         yield enabled
-        entries, nbytes = self.kernel.cache_usage()
-        yield GaugeMetricFamily("fileserver_kernel_cache_entries", "Files in the kernel cache", value=entries)
-        yield GaugeMetricFamily("fileserver_kernel_cache_bytes", "Response bytes in the kernel cache", value=nbytes)
+        cache = self.kernel.cache_stats()
+        yield GaugeMetricFamily("fileserver_kernel_cache_entries", "Files in the kernel cache", value=cache.get("entries", 0))
+        yield GaugeMetricFamily("fileserver_kernel_cache_bytes", "Response bytes in the kernel cache", value=cache.get("bytes", 0))
+        yield CounterMetricFamily(
+            "fileserver_kernel_cache_evictions", "Entries evicted to make room", value=cache.get("evictions", 0)
+        )
+        updates = CounterMetricFamily(
+            "fileserver_kernel_cache_updates", "Kernel cache changes, by cause", labels=["cause"]
+        )
+        for cause in ("hot", "modified", "deleted"):
+            updates.add_metric([cause], cache.get(f"updates_{cause}", 0))
+        yield updates
+        conns, capacity = self.kernel.conn_usage()
+        yield GaugeMetricFamily("fileserver_conn_state_entries", "Connections tracked by the kernel path", value=conns)
+        yield GaugeMetricFamily("fileserver_conn_state_capacity", "Size of the conn_state map", value=capacity)
+        info = InfoMetricFamily("fileserver_build", "Build information")
+        info.add_metric([], {"version": __version__})
+        yield info
 
 
-def make_registry(stats: UserStats, kernel: "KernelPath") -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FileserverCollector(stats, kernel))
-    return registry
+class Metrics:
+    """The registry and the userspace instruments; one per server (no global default registry)."""
+
+    def __init__(self, stats: UserStats, kernel: "KernelPath") -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(FileserverCollector(stats, kernel))
+        ProcessCollector(registry=self.registry)
+        self.user_latency = Histogram(
+            "fileserver_user_request_duration_seconds",
+            "Time the userspace handler took to produce a response",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 @asynccontextmanager
-async def start_metrics(config: Config, stats: UserStats, kernel: "KernelPath") -> AsyncIterator[None]:
+async def start_metrics(config: Config, metrics: Metrics) -> AsyncIterator[None]:
     from fileserver.server import _start_site
 
-    registry = make_registry(stats, kernel)
-
     async def handle(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", handle)

@@ -79,9 +79,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             handler.on_served = kernel.on_user_served
 
         if config.metrics_port:
-            from fileserver.metrics import start_metrics
+            from fileserver.metrics import Metrics, start_metrics
 
-            await stack.enter_async_context(start_metrics(config, stats, kernel))
+            metrics = Metrics(stats, kernel)
+            handler.latency = metrics.user_latency
+            await stack.enter_async_context(start_metrics(config, metrics))
 
         log.info(
             "serving %s on http://%s:%d/ (kernel path: %s; metrics: %s)",

@@ -62,3 +62,39 @@ def demo_root() -> Path:
 @pytest.fixture
 def tool() -> object:
     return shutil.which
+
+
+class VethPair:
+    """Two namespaces joined by a veth pair: server 10.77.0.1, client 10.77.0.2, full checksums."""
+
+    def __init__(self) -> None:
+        import os
+        import subprocess
+
+        from tests.support import require_tool
+
+        ethtool = require_tool("ethtool")
+        self.server, self.client = NetNS("fsv"), NetNS("fsc")
+        n = os.getpid() % 100000
+        self.server_if, self.client_if = f"vs{n}", f"vc{n}"
+        subprocess.run(["ip", "link", "add", self.server_if, "netns", self.server.name, "type", "veth", "peer",
+                        "name", self.client_if, "netns", self.client.name], check=True)
+        self.server.run("ip", "addr", "add", "10.77.0.1/24", "dev", self.server_if)
+        self.client.run("ip", "addr", "add", "10.77.0.2/24", "dev", self.client_if)
+        for ns, dev in ((self.server, self.server_if), (self.client, self.client_if)):
+            ns.run("ip", "link", "set", dev, "up")
+            ns.run(ethtool, "-K", dev, "tx", "off")  # full checksums: CHECKSUM_PARTIAL hides bugs
+
+    def close(self) -> None:
+        self.server.close()
+        self.client.close()
+
+
+@pytest.fixture
+def veth() -> Iterator[VethPair]:
+    require_root()
+    pair = VethPair()
+    try:
+        yield pair
+    finally:
+        pair.close()

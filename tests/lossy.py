@@ -1,0 +1,66 @@
+"""A test-only BPF program that drops chosen server->client segments on the client's interface."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+from tests.support import NetNS
+
+DROPPER = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/pkt_cls.h>
+
+/* cfg[0]: drop the segments whose 1-based index among data segments from SPORT is in the bitmap
+ * cfg[1] (bits 0..63); stats[0]: data segments seen, stats[1]: dropped. */
+BPF_ARRAY(cfg, u64, 2);
+BPF_ARRAY(stats, u64, 2);
+
+int drop_chosen(struct __sk_buff *skb)
+{
+    struct iphdr ip;
+    struct tcphdr tcp;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_TCP)
+        return TC_ACT_UNSPEC;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &tcp, sizeof(tcp)) < 0 || tcp.source != htons(SPORT))
+        return TC_ACT_UNSPEC;
+    u32 payload = ntohs(ip.tot_len) - ip.ihl * 4 - tcp.doff * 4;
+    if (payload == 0)
+        return TC_ACT_UNSPEC;
+    int k0 = 0, k1 = 1;
+    u64 *seen = stats.lookup(&k0), *dropped = stats.lookup(&k1), *bitmap = cfg.lookup(&k1);
+    if (!seen || !dropped || !bitmap)
+        return TC_ACT_UNSPEC;
+    u64 n = __sync_fetch_and_add(seen, 1);
+    if (n < 64 && (*bitmap >> n) & 1) {
+        __sync_fetch_and_add(dropped, 1);
+        return TC_ACT_SHOT;
+    }
+    return TC_ACT_UNSPEC;
+}
+"""
+
+
+class Dropper:
+    def __init__(self, ns: NetNS, ifname: str, sport: int, drop: set[int]) -> None:
+        from bcc import BPF  # type: ignore[import-not-found]
+        from pyroute2 import IPRoute
+
+        self.bpf = BPF(text=DROPPER.replace("SPORT", str(sport)).encode())
+        fn = self.bpf.load_func(b"drop_chosen", BPF.SCHED_CLS)
+        self.bpf[b"cfg"][ct.c_int(1)] = ct.c_uint64(sum(1 << (i - 1) for i in drop))
+        self.ns = ns
+        with ns.entered(), IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.tc("add", "clsact", idx)
+            ipr.tc("add-filter", "bpf", idx, fd=fn.fd, name="test-dropper", parent="ffff:fff2", direct_action=True)
+
+    def stats(self) -> tuple[int, int]:
+        st = self.bpf[b"stats"]
+        return int(st[ct.c_int(0)].value), int(st[ct.c_int(1)].value)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
