@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -232,3 +234,35 @@ def test_bad_interface_means_userspace(netns: NetNS, site: Path, server_factory)
     srv = server_factory(site, "--interface", "nosuchif0", expect_kernel=False)
     assert "nosuchif0" in srv.log()
     assert request(netns, "GET", "/hot.txt")[0] == 200
+
+
+def test_sigterm_finishes_inflight_response(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    big = site / "huge.bin"
+    data = bytes(range(256)) * 16384  # 4 MiB: more than socket buffers hold, sent with sendfile
+    big.write_bytes(data)
+    srv = server_factory(site, "--no-kernel-cache", expect_kernel=False)
+    with netns.entered():
+        s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = s.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200")
+    srv.proc.send_signal(signal.SIGTERM)
+    received = first
+    while True:
+        time.sleep(0.001)
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    s.close()
+    assert received.endswith(data) and len(received.partition(b"\r\n\r\n")[2]) == len(data)
+    assert srv.proc.wait(timeout=20) == 0
+
+
+def test_access_log_combined_format(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = server_factory(site, "--no-kernel-cache", "--access-log", expect_kernel=False)
+    netns.run("curl", "-s", "-A", "agent/1.0", "-e", "http://ref/", "http://127.0.0.1:8080/hot.txt")
+    time.sleep(0.2)
+    line = [ln for ln in srv.log().splitlines() if "GET /hot.txt" in ln][0]
+    assert re.search(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /hot.txt HTTP/1.1" 200 \d+ "http://ref/" "agent/1.0"', line), line
