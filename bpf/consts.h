@@ -23,7 +23,7 @@
 #endif
 #define REQ_MASK (MAX_REQ - 1)
 /* Bytes read past a header-line start when matching header names (scratch buffer is padded). */
-#define NAME_PEEK 24
+#define NAME_PEEK 32
 /* The request is scanned in windows of PARSE_WINDOW bytes, one tail-called program each. */
 #define PARSE_WINDOW 512
 #define NR_PARSE_STAGES (MAX_REQ / PARSE_WINDOW)
@@ -71,6 +71,7 @@
 #define CONN_ENTRIES 65536
 #endif
 #define MAX_IFINDEX 4096        /* config array: per-interface largest frame, indexed by ifindex */
+#define MAX_IFSTATS 1024        /* per-interface counters for ifindex below this (others uncounted) */
 
 /* v = min(v, max), done in asm so clang can neither drop the comparison (it may "know" the bound
  * from an earlier check the verifier no longer links to this register) nor split it into a copy. */

@@ -18,6 +18,7 @@ BPF_F_TABLE("hash", __u32, struct body4, body_16k, CACHE_ENTRIES, BPF_F_NO_PREAL
 BPF_F_TABLE("hash", struct conn_key, struct conn_state, conn_state, CONN_ENTRIES, BPF_F_NO_PREALLOC);
 
 BPF_PERCPU_ARRAY(counters, struct counters, 1);
+BPF_PERCPU_ARRAY(if_stats, struct if_counters, MAX_IFSTATS);
 
 /* Largest frame (MTU + Ethernet header, capped at MAX_FRAME) per ifindex, written by the loader:
  * bpf_skb_change_tail does not check the MTU and veth silently drops oversized frames. */

@@ -108,8 +108,15 @@ static __always_inline int classify_header(const __u8 *h)
         if (lc(h[3]) == 't' && lc(h[4]) == 'e' && lc(h[5]) == 'n' && lc(h[6]) == 't' && h[7] == '-')
             return PASS_BODY;                               /* Content-Length, Content-Type, ... */
         if (lc(h[3]) == 'n' && lc(h[4]) == 'e' && lc(h[5]) == 'c' && lc(h[6]) == 't' && lc(h[7]) == 'i' &&
-            lc(h[8]) == 'o' && lc(h[9]) == 'n' && h[10] == ':')
-            return PASS_CLOSE;                              /* close, upgrade, keep-alive tokens */
+            lc(h[8]) == 'o' && lc(h[9]) == 'n' && h[10] == ':') {
+            /* "Connection: keep-alive" (what browsers send) changes nothing for HTTP/1.1; any other
+             * value (close, upgrade, several tokens, odd spacing) goes to userspace. */
+            if (h[11] == ' ' && lc(h[12]) == 'k' && lc(h[13]) == 'e' && lc(h[14]) == 'e' && lc(h[15]) == 'p' &&
+                h[16] == '-' && lc(h[17]) == 'a' && lc(h[18]) == 'l' && lc(h[19]) == 'i' && lc(h[20]) == 'v' &&
+                lc(h[21]) == 'e' && h[22] == '\r')
+                return GO_ON;
+            return PASS_CLOSE;
+        }
     }
     if (lc(h[0]) == 't' && lc(h[1]) == 'r' && lc(h[2]) == 'a' && lc(h[3]) == 'n' && lc(h[4]) == 's' &&
         lc(h[5]) == 'f' && lc(h[6]) == 'e' && lc(h[7]) == 'r' && h[8] == '-')

@@ -14,7 +14,8 @@ struct path_key {
 struct cache_ref {
     __u32 id;
     __u32 cls;              /* size class 0..NR_CLASSES-1 */
-    __u64 last_hit_ns;      /* written by the kernel on each hit: userspace evicts the least recent */
+    __u64 last_hit_ns;      /* written by the kernel on each answer: userspace evicts the least recent */
+    __u64 hits;             /* answers sent from this entry (for `fileserver stats`' hot files) */
 };
 
 #define BODY_STRUCT(n, size)                                                                        \
@@ -52,6 +53,14 @@ struct conn_state {
     __u8 client_wscale;     /* client's window scale shift (from its SYN) */
     __u8 pad;
     __u32 pad2;
+};
+
+/* Segments of our port the TC programs handled on one interface. */
+struct if_counters {
+    __u64 in_packets;
+    __u64 in_bytes;
+    __u64 out_packets;
+    __u64 out_bytes;
 };
 
 struct clock {

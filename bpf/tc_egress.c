@@ -9,6 +9,7 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
     struct pkt p = {};
     if (parse_headers(skb, &p) < 0 || p.tcp.source != bpf_htons(SERVER_PORT))
         return TC_ACT_UNSPEC;
+    count_if(skb, 1);
     struct conn_key k = {p.ip.daddr, p.ip.saddr, p.tcp.dest, p.tcp.source};
     struct conn_state *cs = conn_state.lookup(&k);
     if (!cs)

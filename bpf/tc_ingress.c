@@ -265,6 +265,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     struct pkt p = {};
     if (parse_headers(skb, &p) < 0 || p.tcp.dest != bpf_htons(SERVER_PORT))
         return TC_ACT_UNSPEC;                       /* not ours: let other filters see it */
+    count_if(skb, 0);
     struct conn_key k = {p.ip.saddr, p.ip.daddr, p.tcp.source, p.tcp.dest};
     if (p.tcp.syn) {
         if (!p.tcp.ack)
@@ -325,7 +326,6 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
     if (r == GO_ON) {
         struct cache_ref *ref = file_cache.lookup(&rb->key);
         if (ref) {
-            ref->last_hit_ns = bpf_ktime_get_ns();
             ctx->ref = *ref;
             progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
             r = PASS_CACHE_RACE;
@@ -358,6 +358,11 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
     default: r = send_class4(skb, ctx, cs, clk); break;
     }
     if (r == ANSWERED) {
+        struct cache_ref *ref = file_cache.lookup(&t.rb->key);
+        if (ref) {
+            ref->last_hit_ns = bpf_ktime_get_ns();
+            __sync_fetch_and_add(&ref->hits, 1);
+        }
         struct counters *c = counters.lookup(&zero);
         if (c) {
             if (ctx->rolled_back) {

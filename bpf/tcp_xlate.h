@@ -24,6 +24,24 @@ static __always_inline void count(int field_offset)
 #define COUNT_PASS(r) count(offsetof(struct counters, pass) + ((r) & 31) * sizeof(__u64))
 #define COUNT_ERR(e) count(offsetof(struct counters, errors) + ((e) & 7) * sizeof(__u64))
 
+/* Per-interface packet and byte counts of our port's segments. */
+static __always_inline void count_if(struct __sk_buff *skb, int egress)
+{
+    __u32 idx = skb->ifindex;
+    if (idx >= MAX_IFSTATS)
+        return;
+    struct if_counters *c = if_stats.lookup(&idx);
+    if (!c)
+        return;
+    if (egress) {
+        c->out_packets++;
+        c->out_bytes += skb->len;
+    } else {
+        c->in_packets++;
+        c->in_bytes += skb->len;
+    }
+}
+
 static __always_inline void rewrite32(struct __sk_buff *skb, __u32 l4_off, __u32 field, __be32 old, __be32 new)
 {
     if (bpf_skb_store_bytes(skb, l4_off + field, &new, sizeof(new), 0) < 0 ||

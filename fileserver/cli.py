@@ -99,3 +99,18 @@ def detach(ctx: click.Context) -> None:
         except TcError as e:
             raise click.ClickException(str(e)) from None
     click.echo(f"removed {total} filter(s) for port {opts['port']}")
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:9180", show_default=True, help="The server's metrics endpoint.")
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one machine-readable snapshot and exit.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes.")
+def stats(url: str, once: bool, as_json: bool, interval: float) -> None:
+    """Live view of a running server: requests/s by path, kernel share, cache, hot files, passes.
+
+    Reads the server's /stats.json on the metrics port, so it needs no privileges.
+    """
+    from fileserver.statsview import run
+
+    run(url, once, as_json, interval)

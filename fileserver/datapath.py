@@ -174,6 +174,8 @@ class Datapath:
         self.counters_map = self.bpf[b"counters"]
         self.clock = self.bpf[b"clock"]
         self.if_max_frame = self.bpf[b"if_max_frame"]
+        self.if_stats = self.bpf[b"if_stats"]
+        self.if_stats_size = int(self.if_stats.max_entries)
         log.debug("BPF programs compiled and loaded in %.1f s", time.monotonic() - t0)
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -233,18 +235,25 @@ class Datapath:
         leaf.id = body_id
         leaf.cls = cls
         leaf.last_hit_ns = 0
+        leaf.hits = 0
         self.file_cache[self._path_key(url_path)] = leaf
 
     def delete_ref(self, url_path: str) -> None:
         with contextlib.suppress(KeyError):
             del self.file_cache[self._path_key(url_path)]
 
-    def last_hits(self) -> dict[str, int]:
-        """URL path -> bpf_ktime_get_ns of its last kernel hit (0 = never)."""
+    def entry_hits(self) -> dict[str, tuple[int, int]]:
+        """URL path -> (kernel answers from the entry, bpf_ktime_get_ns of the last one or 0)."""
         out = {}
         for k, v in self.file_cache.items():
-            out[bytes(k.path).rstrip(b"\0").decode()] = v.last_hit_ns
+            out[bytes(k.path).rstrip(b"\0").decode()] = (int(v.hits), int(v.last_hit_ns))
         return out
+
+    def interface_counters(self, ifindex: int) -> dict[str, int]:
+        if ifindex >= self.if_stats_size:
+            return {}
+        per_cpu = self.if_stats[ct.c_int(ifindex)]
+        return {f: sum(getattr(c, f) for c in per_cpu) for f in ("in_packets", "in_bytes", "out_packets", "out_bytes")}
 
     # -- counters and connections -----------------------------------------------------------------
 

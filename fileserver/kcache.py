@@ -187,10 +187,10 @@ class KernelCache:
         log.debug("kernel cache: dropped %s", url_path)
 
     def _evict_one(self) -> None:
-        kernel_hits = self.dp.last_hits()
+        kernel_hits = self.dp.entry_hits()
         victim = min(
             self.entries.values(),
-            key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, 0)),
+            key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, (0, 0))[1]),
         )
         self.drop(victim.url_path)
         self.stats.updates_deleted -= 1

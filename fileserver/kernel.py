@@ -58,6 +58,12 @@ class KernelPath:
     def conn_usage(self) -> tuple[int, int]:
         return 0, 0
 
+    def interface_stats(self) -> dict[str, dict[str, int]]:
+        return {}
+
+    def hot_files(self, n: int = 10) -> list[dict[str, object]]:
+        return []
+
     def stop(self) -> None:
         pass
 
@@ -168,6 +174,17 @@ class ActiveKernelPath(KernelPath):
 
     def conn_usage(self) -> tuple[int, int]:
         return self.dp.conn_entries(), self.dp.conn_capacity
+
+    def interface_stats(self) -> dict[str, dict[str, int]]:
+        return {att.ifname: self.dp.interface_counters(att.ifindex) for att in self.attachments}
+
+    def hot_files(self, n: int = 10) -> list[dict[str, object]]:
+        hits = self.dp.entry_hits()
+        with self.cache._lock:
+            entries = list(self.cache.entries.values())
+        rows = [{"path": e.url_path, "kernel_hits": hits.get(e.url_path, (0, 0))[0], "bytes": e.size} for e in entries]
+        rows.sort(key=lambda r: (-int(r["kernel_hits"]), str(r["path"])))  # type: ignore[call-overload]
+        return rows[:n]
 
 
 def _privilege_problem() -> str | None:

@@ -6,6 +6,8 @@ polls them in between (prometheus/client_python's custom Collector pattern).
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -93,6 +95,18 @@ class FileserverCollector(Collector):
         conns, capacity = self.kernel.conn_usage()
         yield GaugeMetricFamily("fileserver_conn_state_entries", "Connections tracked by the kernel path", value=conns)
         yield GaugeMetricFamily("fileserver_conn_state_capacity", "Size of the conn_state map", value=capacity)
+        packets = CounterMetricFamily(
+            "fileserver_interface_packets", "Segments of our port handled by the TC programs", labels=["interface", "direction"]
+        )
+        nbytes = CounterMetricFamily(
+            "fileserver_interface_bytes", "Bytes of our port's segments handled by the TC programs", labels=["interface", "direction"]
+        )
+        for ifname, c in self.kernel.interface_stats().items():
+            for direction in ("in", "out"):
+                packets.add_metric([ifname, direction], c.get(f"{direction}_packets", 0))
+                nbytes.add_metric([ifname, direction], c.get(f"{direction}_bytes", 0))
+        yield packets
+        yield nbytes
         info = InfoMetricFamily("fileserver_build", "Build information")
         info.add_metric([], {"version": __version__})
         yield info
@@ -102,6 +116,9 @@ class Metrics:
     """The registry and the userspace instruments; one per server (no global default registry)."""
 
     def __init__(self, stats: UserStats, kernel: "KernelPath") -> None:
+        self.stats = stats
+        self.kernel = kernel
+        self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FileserverCollector(stats, kernel))
         ProcessCollector(registry=self.registry)
@@ -123,8 +140,17 @@ async def start_metrics(config: Config, metrics: Metrics) -> AsyncIterator[None]
     async def handle(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def handle_json(_: web.Request) -> web.Response:
+        from fileserver.stats import snapshot
+
+        body = json.dumps(snapshot(metrics.stats, metrics.kernel, metrics.started))
+        # The demo page on the main port reads this cross-origin; it is read-only and public anyway.
+        return web.Response(text=body, content_type="application/json",
+                            headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"})
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    app.router.add_get("/stats.json", handle_json)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -138,6 +138,20 @@ def test_ineligible_requests_pass_to_userspace(netns: NetNS, site: Path, server_
             assert first.split(b" ")[1] in (b"200", b"206", b"404"), (reason, first[:60])
 
 
+def test_browser_style_request_answered(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = server_factory(site, "--hot-after", "0")
+    c = RawClient(netns)
+    browser = ("Connection: keep-alive\r\nPragma: no-cache\r\nCache-Control: no-cache\r\n"
+               "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36\r\n"
+               "Accept: */*\r\nSec-Fetch-Mode: cors\r\nAccept-Encoding: gzip, deflate, br\r\n"
+               "Accept-Language: en-US,en;q=0.9\r\n")
+    assert body_of(c.get("/hot.txt", browser)) == SITE_FILES["hot.txt"]
+    assert body_of(c.get("/hot.txt", "connection: Keep-Alive\r\n")) == SITE_FILES["hot.txt"]
+    assert srv.kernel_hits() == 2
+    c.get("/hot.txt", "Connection: keep-alive, Upgrade\r\n")
+    assert srv.kernel_hits() == 2 and srv.metrics()["fileserver_kernel_passes_total{reason=close}"] == 1
+
+
 def test_split_request_passes(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
     srv = server_factory(site, "--hot-after", "0")
     c = RawClient(netns)

@@ -52,3 +52,20 @@ def test_disabled_kernel_reports_reason(netns: NetNS, site: Path, server_factory
     m = srv.metrics()
     assert m["fileserver_kernel_enabled{reason=switched off by --no-kernel-cache}"] == 0
     assert m["fileserver_requests_total{path=kernel}"] == 0
+
+
+def test_grafana_dashboard_uses_real_metrics(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import re
+
+    from tests.support import REPO
+
+    srv = server_factory(site, "--hot-after", "0")
+    RawClient(netns).get("/hot.txt")
+    exposed = {re.sub(r"\{.*", "", k) for k in srv.metrics()}  # sample names: _total, _bucket, ...
+    dash = json.loads((REPO / "deploy" / "grafana" / "fileserver-dashboard.json").read_text())
+    assert dash["panels"]
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"\b(fileserver_[a-z_]+|process_[a-z_]+)", target["expr"]):
+                assert name in exposed, (panel["title"], name)
