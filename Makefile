@@ -37,3 +37,7 @@ uninstall:
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+bench: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) bench/run.py $(if $(QUICK),--quick,)

@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     say "not root: skipping apt packages and kernel headers (run 'sudo make setup' for the kernel path)"
 else
     pkgs=(python3-bpfcc python3-venv python3-pip bpftool linux-headers-amd64 iproute2 wrk apache2-utils curl
-          ethtool systemd procps chromium fonts-dejavu-core)
+          ethtool systemd procps chromium fonts-dejavu-core nginx-light)
     missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -20,7 +20,16 @@ else
         say "installing apt packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
+        # nginx is only a benchmark contender, started by bench/run.py in its own namespace: keep
+        # its package from starting a system-wide service on port 80 (policy-rc.d says "no").
+        policy=/usr/sbin/policy-rc.d
+        created_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && created_policy=1
+        fi
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        [ "$created_policy" = 1 ] && rm -f "$policy"
+        systemctl disable --now nginx >/dev/null 2>&1 || true
     else
         say "apt packages present"
     fi
