@@ -408,6 +408,8 @@ def plots(results: list[dict[str, object]], out_dir: Path, stamp: str) -> None:
 
 
 def main() -> None:
+    # Ctrl-C or SIGTERM: unwind (stop the contender, delete the namespace) instead of dying mid-run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: interrupted"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a one-minute subset")
     p.add_argument("--smoke", action="store_true", help="seconds-long run that only proves the harness works")

@@ -134,6 +134,7 @@ static __always_inline int is_vchar(__u8 c) { return c > 0x20 && c < 0x7f; }
 /* Scanner states of parse_window, kept in req_buf.state between stages. */
 enum {
     ST_START,       /* nothing scanned yet */
+    ST_SPACE,       /* the space after HEAD */
     ST_PATH,        /* request target, before '?' */
     ST_QUERY,       /* request target, after '?' */
     ST_LF,          /* the LF of a CRLF already checked by a look-ahead */
@@ -144,11 +145,12 @@ enum {
 
 #define PARSE (-4)  /* not decided yet: scan the next window */
 
-/* Scan b[lo, hi) of the request as exactly one `GET <path>[?query] HTTP/1.1` request with no body
+/* Scan b[lo, hi) of the request as exactly one `GET|HEAD <path>[?query] HTTP/1.1` request with no body
  * and nothing after it; the path goes to rb->key (zeroed by the caller). Returns GO_ON for such a
  * request, PARSE if it continues past hi, or a pass reason.
  * The caller writes a 0 at b[len]: the scan stops at that sentinel, so the loop never compares
  * positions against len (a NUL inside a request is malformed anyway).
+ * HEAD is parsed like GET (the answer is then the headers alone).
  * Verifier cost: the loop index is the byte position and is never modified in the body,
  * look-aheads use constant offsets from it, and the only other state is one small enum. */
 static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, const __u32 hi)
@@ -159,11 +161,17 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
     if (state == ST_START) {
         if (len < 18)   /* "GET / HTTP/1.1\r\n\r\n" */
             return PASS_SPLIT;
-        if (b[0] != 'G' || b[1] != 'E' || b[2] != 'T' || b[3] != ' ')
+        if (b[0] == 'G' && b[1] == 'E' && b[2] == 'T' && b[3] == ' ') {
+            rb->path_start = 4;
+            state = ST_PATH;
+        } else if (b[0] == 'H' && b[1] == 'E' && b[2] == 'A' && b[3] == 'D' && b[4] == ' ') {
+            rb->path_start = 5;
+            state = ST_SPACE;
+        } else {
             return PASS_METHOD;
-        if (b[4] != '/')
+        }
+        if (b[rb->path_start & 7] != '/')
             return PASS_ESCAPED;                            /* absolute-form or asterisk-form target */
-        state = ST_PATH;
     }
     for (__u32 i = lo < 4 ? 4 : lo; i < hi; i++) {
         /* Launder the state through map memory: the verifier then sees an unknown value in [0, 7]
@@ -176,6 +184,10 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
             return i == len ? PASS_SPLIT : PASS_MALFORMED;
         if (state == ST_LF) {
             state = ST_LINE_START;
+            continue;
+        }
+        if (state == ST_SPACE) {
+            state = ST_PATH;
             continue;
         }
         if (state == ST_PATH || state == ST_QUERY) {
@@ -203,9 +215,11 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
                 continue;
             if (c == '%')
                 return PASS_ESCAPED;
-            if (i - 4 >= MAX_PATH - 1)
+            /* Read back from the map like the state: one verifier state whatever the method. */
+            __u32 at = i - (*(volatile __u32 *)&rb->path_start & 7);
+            if (at >= MAX_PATH - 1)
                 return PASS_TOO_LONG;
-            rb->key.path[i - 4] = c;
+            rb->key.path[at] = c;
             continue;
         }
         if (state == ST_LINE_START) {

@@ -21,7 +21,9 @@ struct cache_ref {
 #define BODY_STRUCT(n, size)                                                                        \
     struct body##n {                                                                                \
         __u32 len;          /* response bytes (headers + body) */                                  \
-        __u32 csum;         /* 16-bit one's complement sum of data, Date slot excluded, unfolded */ \
+        __u32 csum;         /* 16-bit one's complement sum of data, Date slot excluded, folded */   \
+        __u32 head_len;     /* bytes of status line and headers: the whole answer to a HEAD */     \
+        __u32 head_csum;    /* the same sum over those bytes only */                               \
         __u8 data[size];                                                                            \
     }
 BODY_STRUCT(0, CLASS0_DATA);
@@ -99,6 +101,7 @@ struct pkt {
 struct req_buf {
     __u32 len;                  /* request bytes in b; b[len] is 0 */
     __u32 state;                /* parse_window's scanner state between stages */
+    __u32 path_start;           /* where the target starts: 4 for "GET ", 5 for "HEAD " */
     struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
                                  * slots half zero, half written multiply verifier states) */
     __u8 b[MAX_REQ + NAME_PEEK + 16];
@@ -110,5 +113,6 @@ struct answer_ctx {
     struct conn_key key;
     struct cache_ref ref;
     int rolled_back;
+    int is_head;                /* answer with the headers only */
 };
 

@@ -21,7 +21,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
                                      __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
                                      struct clock *clk)
 {
-    if (rlen < DATE_SLOT_OFFSET + DATE_SLOT_LEN || rlen > size)
+    if (rlen < DATE_SLOT_OFFSET + DATE_SLOT_LEN + 2 || rlen > size)
         return PASS_CACHE_RACE;
     __u32 thl = p->has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
     __u32 frame = ETH_HLEN_ + IPV4_HLEN + thl + rlen;
@@ -136,27 +136,42 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
 static __always_inline int send_class0(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
 {
     struct body0 *r = body_1k.lookup(&ctx->ref.id);
-    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS0_DATA, clk) : PASS_CACHE_RACE;
+    if (!r)
+        return PASS_CACHE_RACE;
+    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS0_DATA, clk)
+                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS0_DATA, clk);
 }
 static __always_inline int send_class1(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
 {
     struct body1 *r = body_2k.lookup(&ctx->ref.id);
-    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS1_DATA, clk) : PASS_CACHE_RACE;
+    if (!r)
+        return PASS_CACHE_RACE;
+    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS1_DATA, clk)
+                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS1_DATA, clk);
 }
 static __always_inline int send_class2(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
 {
     struct body2 *r = body_4k.lookup(&ctx->ref.id);
-    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS2_DATA, clk) : PASS_CACHE_RACE;
+    if (!r)
+        return PASS_CACHE_RACE;
+    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS2_DATA, clk)
+                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS2_DATA, clk);
 }
 static __always_inline int send_class3(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
 {
     struct body3 *r = body_8k.lookup(&ctx->ref.id);
-    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS3_DATA, clk) : PASS_CACHE_RACE;
+    if (!r)
+        return PASS_CACHE_RACE;
+    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS3_DATA, clk)
+                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS3_DATA, clk);
 }
 static __always_inline int send_class4(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
 {
     struct body4 *r = body_16k.lookup(&ctx->ref.id);
-    return r ? send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS4_DATA, clk) : PASS_CACHE_RACE;
+    if (!r)
+        return PASS_CACHE_RACE;
+    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS4_DATA, clk)
+                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS4_DATA, clk);
 }
 
 /* The first checks, on fs_ingress: can this segment's request be answered here at all? Returns
@@ -286,7 +301,9 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         progs.call(skb, PROG_PARSE0);
         r = PASS_TOO_LONG;
     }
-    return finish_pass(skb, &p, cs, r, rolled_back);
+    int verdict = finish_pass(skb, &p, cs, r, rolled_back);
+    forget_if_done(&k, cs, &p);
+    return verdict;
 }
 
 /* Tail-called programs find the request and its context in the per-CPU scratch maps. */
@@ -327,6 +344,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
         struct cache_ref *ref = file_cache.lookup(&rb->key);
         if (ref) {
             ctx->ref = *ref;
+            ctx->is_head = rb->path_start == 5;
             progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
             r = PASS_CACHE_RACE;
         } else {

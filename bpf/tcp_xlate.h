@@ -95,6 +95,15 @@ static __always_inline void blank_sack(struct __sk_buff *skb, struct pkt *p)
     COUNT(sack_blanked);
 }
 
+/* Drop a connection's state once nothing is left to translate: after a reset, or at a FIN on a
+ * connection the kernel never answered on (its deltas are zero). Connections with deltas keep
+ * their entry through the closing handshake; userspace deletes it once the socket is gone. */
+static __always_inline void forget_if_done(struct conn_key *k, struct conn_state *cs, struct pkt *p)
+{
+    if (p->tcp.rst || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
+        conn_state.delete(k);
+}
+
 /* Client -> server. */
 static __always_inline void xlate_in(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
 {

@@ -114,3 +114,15 @@ def stats(url: str, once: bool, as_json: bool, interval: float) -> None:
     from fileserver.statsview import run
 
     run(url, once, as_json, interval)
+
+
+@main.command()
+def doctor() -> None:
+    """Check that the kernel path can run here (kernel, BTF, headers, bcc, capabilities, clsact,
+    and a real compile and load) and say what to fix."""
+    from fileserver.doctor import report, run_checks
+
+    text, ok = report(run_checks())
+    click.echo(text)
+    if not ok:
+        raise SystemExit(1)

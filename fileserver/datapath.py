@@ -30,6 +30,7 @@ MAIN_SOURCE = BPF_DIR / "main.c"
 DATE_SLOT_OFFSET = 22
 DATE_SLOT_LEN = 32
 MAX_FRAME = 16064
+BODY_HEADER = 16  # len, csum, head_len, head_csum before the data (bpf/structs.h)
 BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k")
 PARSE_STAGES = 2
 PROG_SEND0 = PARSE_STAGES
@@ -168,7 +169,7 @@ class Datapath:
             progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
         self.file_cache = self.bpf[b"file_cache"]
         self.bodies = [self.bpf[name.encode()] for name in BODY_MAPS]
-        self.class_sizes = [ct.sizeof(m.Leaf) - 8 for m in self.bodies]
+        self.class_sizes = [ct.sizeof(m.Leaf) - BODY_HEADER for m in self.bodies]
         self.conn_state = self.bpf[b"conn_state"]
         self.conn_capacity = int(self.conn_state.max_entries)
         self.counters_map = self.bpf[b"counters"]
@@ -218,12 +219,15 @@ class Datapath:
         ct.memmove(ct.addressof(key), raw, len(raw))
         return key
 
-    def put_body(self, cls: int, body_id: int, response: bytes) -> None:
+    def put_body(self, cls: int, body_id: int, response: bytes, head_len: int) -> None:
+        """A whole 200 response; its first head_len bytes (status line and headers) answer a HEAD."""
         table = self.bodies[cls]
         leaf = table.Leaf()
         leaf.len = len(response)
         leaf.csum = body_checksum(response)
-        ct.memmove(ct.addressof(leaf) + 8, response, len(response))
+        leaf.head_len = head_len
+        leaf.head_csum = body_checksum(response[:head_len])
+        ct.memmove(ct.addressof(leaf) + BODY_HEADER, response, len(response))
         table[ct.c_uint(body_id)] = leaf
 
     def delete_body(self, cls: int, body_id: int) -> None:
@@ -298,6 +302,10 @@ class Datapath:
         return len(dead)
 
 
+# TIME_WAIT, CLOSE and LISTEN (hex, as /proc/net/tcp prints them): no segment of these needs translating.
+_GONE_STATES = {"06", "07", "0A"}
+
+
 def _live_connections(port: int) -> set[tuple[int, int, int]]:
     """(client ip, client port, server ip) of TCP sockets on our port, as the maps store them
     (addresses in network order read as a native u32, ports in network order as a native u16)."""
@@ -306,6 +314,8 @@ def _live_connections(port: int) -> set[tuple[int, int, int]]:
         next(f)
         for line in f:
             parts = line.split()
+            if parts[3] in _GONE_STATES:
+                continue
             laddr, lport = parts[1].split(":")
             raddr, rport = parts[2].split(":")
             if int(lport, 16) != port:

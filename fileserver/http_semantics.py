@@ -56,10 +56,11 @@ class Validators:
     mtime_ns: int
     inode: int
     device: int
+    mode: int = 0  # a chmod changes no content but may change who may read it
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> "Validators":
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_mode)
 
     @property
     def etag(self) -> str:

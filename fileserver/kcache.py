@@ -142,7 +142,8 @@ class KernelCache:
     # -- map updates ------------------------------------------------------------------------------
 
     def _push(self, url_path: str, snap: Snapshot, cause: str) -> bool:
-        response = response_head(snap.path.name, snap.validators, self.date()) + snap.body
+        head = response_head(snap.path.name, snap.validators, self.date())
+        response = head + snap.body
         cls = self.dp.size_class(len(response))
         if cls is None:
             return False
@@ -153,7 +154,7 @@ class KernelCache:
             body_id = self._next_id
             self._next_id = (self._next_id % 0xFFFFFFFF) + 1
             try:
-                self.dp.put_body(cls, body_id, response)
+                self.dp.put_body(cls, body_id, response, len(head))
                 self.dp.set_ref(url_path, body_id, cls)
             except (OSError, KeyError, ValueError) as e:
                 # A full map or an oversized key: the request is simply served by userspace.
