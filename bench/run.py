@@ -144,7 +144,11 @@ def _ms(value: str) -> float:
 
 
 def wrk(ns: Namespace, url: str, conns: int, seconds: float) -> dict[str, float]:
-    out = ns.cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url, timeout=seconds + 60)
+    return parse_wrk(ns.cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url, timeout=seconds + 60))
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests, errors (socket errors and non-2xx/3xx), requests/s and latency from wrk's report."""
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)

@@ -59,7 +59,37 @@ static __always_inline __u32 tcp_optlen(const struct pkt *p)
     return olen > TCP_MAX_OPTLEN ? 0 : olen;
 }
 
-/* Window scale option of a SYN or SYN-ACK; -1 if absent. Options are at most 40 bytes. */
+/* Find option `kind` in opt[0, olen): its offset and length in *at and *len, 1 if found. Walks the
+ * kind/length list (RFC 9293 section 3.1); NOP is one byte, EOL ends the list. Unrolled: 40 bytes
+ * at most. */
+static __always_inline int tcp_find_option(const __u8 *opt, __u32 olen, __u8 want, __u32 *at, __u32 *len)
+{
+    __u32 next = 0;
+#pragma unroll
+    for (int i = 0; i < TCP_MAX_OPTLEN - 1; i++) {
+        if (i != next || i >= olen)
+            continue;
+        __u8 kind = opt[i];
+        if (kind == 0)
+            return 0;
+        if (kind == 1) {
+            next = i + 1;
+            continue;
+        }
+        __u8 l = opt[i + 1];
+        if (l < 2)
+            return 0;
+        if (kind == want) {
+            *at = i;
+            *len = l;
+            return 1;
+        }
+        next = i + l;
+    }
+    return 0;
+}
+
+/* Window scale option of a SYN or SYN-ACK; -1 if absent. */
 static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
 {
     __u8 opt[TCP_MAX_OPTLEN] = {};
@@ -68,26 +98,10 @@ static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
         return -1;
     if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
         return -1;
-    __u32 next = 0;
-#pragma unroll
-    for (int i = 0; i < TCP_MAX_OPTLEN - 2; i++) {
-        if (i != next)
-            continue;
-        __u8 kind = opt[i];
-        if (kind == 0)
-            break;
-        if (kind == 1) {
-            next = i + 1;
-            continue;
-        }
-        __u8 l = opt[i + 1];
-        if (l < 2)
-            break;
-        if (kind == 3 && l == 3)
-            return opt[i + 2] > 14 ? 14 : opt[i + 2];   /* RFC 7323 section 2.3: cap at 14 */
-        next = i + l;
-    }
-    return -1;
+    __u32 at = 0, len = 0;
+    if (!tcp_find_option(opt, olen, 3, &at, &len) || len != 3 || at > TCP_MAX_OPTLEN - 3)
+        return -1;
+    return opt[at + 2] > 14 ? 14 : opt[at + 2];   /* RFC 7323 section 2.3: at most 14 */
 }
 
 /* ---- HTTP ------------------------------------------------------------------------------------ */

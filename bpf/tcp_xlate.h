@@ -60,30 +60,9 @@ static __always_inline void blank_sack(struct __sk_buff *skb, struct pkt *p)
         return;
     __u8 orig[TCP_MAX_OPTLEN];
     __builtin_memcpy(orig, opt, sizeof(orig));
-    /* Find the SACK option (at most one per segment, RFC 2018). */
-    __u32 next = 0, sack_at = 0, sack_len = 0;
-#pragma unroll
-    for (int i = 0; i < TCP_MAX_OPTLEN - 1; i++) {
-        if (i != next || i >= olen)
-            continue;
-        __u8 kind = opt[i];
-        if (kind == 0)
-            break;
-        if (kind == 1) {
-            next = i + 1;
-            continue;
-        }
-        __u8 l = opt[i + 1];
-        if (l < 2)
-            break;
-        if (kind == 5) {
-            sack_at = i;
-            sack_len = l;
-            break;
-        }
-        next = i + l;
-    }
-    if (!sack_len)
+    /* The SACK option (at most one per segment, RFC 2018). */
+    __u32 sack_at = 0, sack_len = 0;
+    if (!tcp_find_option(opt, olen, 5, &sack_at, &sack_len))
         return;
 #pragma unroll
     for (int j = 0; j < TCP_MAX_OPTLEN; j++)

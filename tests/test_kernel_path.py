@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.run import parse_wrk
 from tests.conftest import SITE_FILES
 from tests.support import (
     NetNS,
@@ -389,23 +390,12 @@ def test_not_root_serves_from_userspace(netns: NetNS, server_factory) -> None:  
         shutil.rmtree(root)
 
 
-def parse_wrk(out: str) -> tuple[int, int]:
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    return requests, errors
-
-
 def test_wrk_and_ab_keepalive_zero_errors(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
     wrk, ab = require_tool("wrk"), require_tool("ab")
     srv = server_factory(site, "--hot-after", "0")
     out = netns.run(wrk, "-t1", "-c20", "-d3s", "http://127.0.0.1:8080/hot.txt").stdout
-    requests, errors = parse_wrk(out)
+    report = parse_wrk(out)
+    requests, errors = int(report["requests"]), int(report["errors"])
     assert requests > 1000 and errors == 0, out
     k = srv.kernel_hits()
     assert k >= requests  # wrk counts completed responses; every one came from the kernel
