@@ -47,6 +47,13 @@
  * is 22 bytes). 22 is even and 32 is a multiple of 4, as bpf_csum_diff wants. */
 #define DATE_SLOT_OFFSET 22
 #define DATE_SLOT_LEN 32
+/* In a 304, "HTTP/1.1 304 Not Modified\r\nDate:" is 32 bytes: the same slot bytes fit at 32. */
+#define NM_DATE_SLOT_OFFSET 32
+
+/* The 304 answer of an entry sits in the first NM_REGION bytes of its data; ETags are shorter than
+ * ETAG_MAX ("<16 hex digits>-<16 hex digits>" in quotes is 36). */
+#define NM_REGION 256
+#define ETAG_MAX 48
 
 /* If userspace has not refreshed the clock for this long, it is presumed dead and every request
  * passes (the filter may outlive the process: DESIGN.md section 4, liveness). */

@@ -112,10 +112,18 @@ static __always_inline __u8 lc(__u8 c) { return c | 0x20; }   /* letters only; o
  * pass more requests to userspace: the safe direction. Returns a pass reason or GO_ON.
  * Host is not checked: this server does not route by Host, so a duplicate cannot change what the
  * two parsers answer (and tracking it doubled the verifier's states). */
+#define HDR_INM (-6)     /* If-None-Match: the sender compares it with the entry's ETag */
+#define INM_NAME_LEN 14  /* "If-None-Match:" */
+
 static __always_inline int classify_header(const __u8 *h)
 {
-    if (lc(h[0]) == 'i' && lc(h[1]) == 'f' && h[2] == '-')
-        return PASS_CONDITIONAL;
+    if (lc(h[0]) == 'i' && lc(h[1]) == 'f' && h[2] == '-') {
+        if (lc(h[3]) == 'n' && lc(h[4]) == 'o' && lc(h[5]) == 'n' && lc(h[6]) == 'e' && h[7] == '-' &&
+            lc(h[8]) == 'm' && lc(h[9]) == 'a' && lc(h[10]) == 't' && lc(h[11]) == 'c' && lc(h[12]) == 'h' &&
+            h[13] == ':')
+            return HDR_INM;
+        return PASS_CONDITIONAL;                            /* If-Match, If-Modified-Since, If-Range, ... */
+    }
     if (lc(h[0]) == 'r' && lc(h[1]) == 'a' && lc(h[2]) == 'n' && lc(h[3]) == 'g' && lc(h[4]) == 'e' && h[5] == ':')
         return PASS_RANGE;
     if (lc(h[0]) == 'c' && lc(h[1]) == 'o' && lc(h[2]) == 'n') {
@@ -245,8 +253,13 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
             if (c == ' ' || c == '\t')
                 return PASS_MALFORMED;                      /* obs-fold */
             int r = classify_header(b + i);
-            if (r != GO_ON)
+            if (r == HDR_INM) {
+                if (*(volatile __u32 *)&rb->inm_pos)
+                    return PASS_CONDITIONAL;                /* two of them: let userspace combine */
+                rb->inm_pos = i + INM_NAME_LEN;
+            } else if (r != GO_ON) {
                 return r;
+            }
             state = ST_NAME;
         }
         if (state == ST_NAME) {

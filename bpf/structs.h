@@ -18,12 +18,24 @@ struct cache_ref {
     __u64 hits;             /* answers sent from this entry (for `fileserver stats`' hot files) */
 };
 
+/* What precedes the data of every body: one version of one file, all the kernel needs to answer.
+ * data[0, NM_REGION) holds the 304 answer, data[NM_REGION, NM_REGION + len) the 200 answer.
+ * Sums are 16-bit one's complement sums of those bytes with their Date slot zeroed, folded. */
+struct body_hdr {
+    __u32 len;              /* 200 response bytes (headers + body) */
+    __u32 csum;
+    __u32 head_len;         /* its status line and headers: the whole answer to a HEAD */
+    __u32 head_csum;
+    __u32 nm_len;           /* the 304 response (headers only) */
+    __u32 nm_csum;
+    __u16 etag_off;         /* the ETag value, quotes included, inside the 304 bytes */
+    __u16 etag_len;
+    __u32 pad;
+};
+
 #define BODY_STRUCT(n, size)                                                                        \
     struct body##n {                                                                                \
-        __u32 len;          /* response bytes (headers + body) */                                  \
-        __u32 csum;         /* 16-bit one's complement sum of data, Date slot excluded, folded */   \
-        __u32 head_len;     /* bytes of status line and headers: the whole answer to a HEAD */     \
-        __u32 head_csum;    /* the same sum over those bytes only */                               \
+        struct body_hdr h;                                                                          \
         __u8 data[size];                                                                            \
     }
 BODY_STRUCT(0, CLASS0_DATA);
@@ -67,7 +79,7 @@ struct if_counters {
 
 struct clock {
     __u64 updated_ns;       /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last refresh */
-    __u8 date[DATE_SLOT_LEN];
+    __u8 date[DATE_SLOT_LEN];   /* " " + date + CRLF: at DATE_SLOT_OFFSET of a 200, NM_DATE_SLOT_OFFSET of a 304 */
 };
 
 struct counters {
@@ -102,6 +114,8 @@ struct req_buf {
     __u32 len;                  /* request bytes in b; b[len] is 0 */
     __u32 state;                /* parse_window's scanner state between stages */
     __u32 path_start;           /* where the target starts: 4 for "GET ", 5 for "HEAD " */
+    __u32 inm_pos;              /* where the If-None-Match value starts (0: no such header) */
+    __u32 scratch;              /* values handed through memory to keep verifier states few */
     struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
                                  * slots half zero, half written multiply verifier states) */
     __u8 b[MAX_REQ + NAME_PEEK + 16];
@@ -114,5 +128,6 @@ struct answer_ctx {
     struct cache_ref ref;
     int rolled_back;
     int is_head;                /* answer with the headers only */
+    __u32 inm_pos;              /* If-None-Match value in the request buffer, 0 if none */
 };
 

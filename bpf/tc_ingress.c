@@ -19,9 +19,9 @@ struct resp_hdrs {
  * Inlined once per size class so `size` is a constant the verifier can bound reads with. */
 static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs,
                                      __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
-                                     struct clock *clk)
+                                     const __u32 date_off, __u8 *date)
 {
-    if (rlen < DATE_SLOT_OFFSET + DATE_SLOT_LEN + 2 || rlen > size)
+    if (rlen < date_off + DATE_SLOT_LEN || rlen > size)
         return PASS_CACHE_RACE;
     __u32 thl = p->has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
     __u32 frame = ETH_HLEN_ + IPV4_HLEN + thl + rlen;
@@ -69,7 +69,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
     __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
     __u32 hsum = p->has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
                            : bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN, psum);
-    __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)clk->date, DATE_SLOT_LEN, 0);
+    __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
         COUNT_ERR(ERR_CHANGE_TAIL);
@@ -97,7 +97,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
         CLAMP_MAX(off, size - CHUNK);
         err |= bpf_skb_store_bytes(skb, poff + off, data + off, CHUNK, 0);
     }
-    err |= bpf_skb_store_bytes(skb, poff + DATE_SLOT_OFFSET, clk->date, DATE_SLOT_LEN, 0);
+    err |= bpf_skb_store_bytes(skb, poff + date_off, date, DATE_SLOT_LEN, 0);
     if (err) {
         COUNT_ERR(ERR_STORE);
         return TC_ACT_SHOT;
@@ -133,45 +133,106 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
 }
 
 /* One function per size class: bcc must see each map.lookup call written out in the source. */
-static __always_inline int send_class0(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+/* Does the If-None-Match value at rb->b[pos] name this ETag? 1 yes, 0 no, -1 when it is anything
+ * but one entity-tag (a list, "*", odd bytes): userspace then applies RFC 9110 in full. Weak
+ * comparison, as for GET and HEAD (section 13.1.2): a "W/" prefix is ignored. */
+static __always_inline int etag_matches(struct req_buf *rb, __u64 pos, __u8 *tag, __u32 tag_len)
+{
+    CLAMP_MAX(pos, MAX_REQ - ETAG_MAX - 16);
+    __u8 *v = rb->b + pos;
+    __u32 k = 0;
+#pragma unroll
+    for (int s = 0; s < 4; s++)                     /* optional whitespace */
+        if (k == s && (v[k] == ' ' || v[k] == '\t'))
+            k++;
+    if (v[k] == 'W' && v[k + 1] == '/')
+        k += 2;
+    if (v[k] != '"')
+        return -1;                                  /* "*" or not an entity-tag */
+    __u32 close = 0;
+#pragma unroll
+    for (int j = 1; j < ETAG_MAX; j++)              /* the closing quote */
+        if (!close && v[k + j] == '"')
+            close = j;
+    if (!close)
+        return -1;
+    /* Launder close (and k) through the map: as constants they would multiply the verifier's
+     * states by the 48 positions the quote can be at. */
+    rb->scratch = (k << 8) | close;
+    __u32 kc = *(volatile __u32 *)&rb->scratch;
+    k = (kc >> 8) & 7;
+    close = kc & 63;
+    __u64 end = k + close + 1;
+    CLAMP_MAX(end, 8 + ETAG_MAX);
+    __u32 ows = 0;
+#pragma unroll
+    for (int s = 0; s < 4; s++)                     /* optional whitespace */
+        if (ows == s && (v[end + s] == ' ' || v[end + s] == '\t'))
+            ows++;
+    if (v[end + ows] != '\r')
+        return -1;                                  /* a list, or trailing bytes */
+    if (close + 1 != tag_len || tag_len > ETAG_MAX)
+        return 0;
+    int equal = 1;
+#pragma unroll                                      /* constant offsets: clang's own loop lost the bounds */
+    for (int j = 0; j < ETAG_MAX; j++)
+        if (j < tag_len && v[k + j] != tag[j])
+            equal = 0;
+    return equal;
+}
+
+/* Answer from one cached version: 304 if If-None-Match names it, headers only for HEAD, else 200. */
+static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk, struct body_hdr *h,
+                                       __u8 *data, const __u32 size)
+{
+    if (ctx->inm_pos) {
+        __u32 off = h->etag_off;
+        CLAMP_MAX(off, NM_REGION - ETAG_MAX);
+        int m = etag_matches(rb, ctx->inm_pos, data + off, h->etag_len);
+        if (m < 0)
+            return PASS_CONDITIONAL;
+        if (m)
+            return send_body(skb, &ctx->p, cs, h->nm_len, h->nm_csum, data, NM_REGION, NM_DATE_SLOT_OFFSET,
+                             clk->date);
+    }
+    __u8 *full = data + NM_REGION;
+    if (ctx->is_head)
+        return send_body(skb, &ctx->p, cs, h->head_len, h->head_csum, full, size - NM_REGION, DATE_SLOT_OFFSET,
+                         clk->date);
+    return send_body(skb, &ctx->p, cs, h->len, h->csum, full, size - NM_REGION, DATE_SLOT_OFFSET, clk->date);
+}
+
+/* One function per size class: bcc must see each map.lookup call written out in the source. */
+static __always_inline int send_class0(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk)
 {
     struct body0 *r = body_1k.lookup(&ctx->ref.id);
-    if (!r)
-        return PASS_CACHE_RACE;
-    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS0_DATA, clk)
-                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS0_DATA, clk);
+    return r ? answer_from(skb, ctx, rb, cs, clk, &r->h, r->data, CLASS0_DATA) : PASS_CACHE_RACE;
 }
-static __always_inline int send_class1(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+static __always_inline int send_class1(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk)
 {
     struct body1 *r = body_2k.lookup(&ctx->ref.id);
-    if (!r)
-        return PASS_CACHE_RACE;
-    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS1_DATA, clk)
-                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS1_DATA, clk);
+    return r ? answer_from(skb, ctx, rb, cs, clk, &r->h, r->data, CLASS1_DATA) : PASS_CACHE_RACE;
 }
-static __always_inline int send_class2(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+static __always_inline int send_class2(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk)
 {
     struct body2 *r = body_4k.lookup(&ctx->ref.id);
-    if (!r)
-        return PASS_CACHE_RACE;
-    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS2_DATA, clk)
-                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS2_DATA, clk);
+    return r ? answer_from(skb, ctx, rb, cs, clk, &r->h, r->data, CLASS2_DATA) : PASS_CACHE_RACE;
 }
-static __always_inline int send_class3(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+static __always_inline int send_class3(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk)
 {
     struct body3 *r = body_8k.lookup(&ctx->ref.id);
-    if (!r)
-        return PASS_CACHE_RACE;
-    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS3_DATA, clk)
-                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS3_DATA, clk);
+    return r ? answer_from(skb, ctx, rb, cs, clk, &r->h, r->data, CLASS3_DATA) : PASS_CACHE_RACE;
 }
-static __always_inline int send_class4(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs, struct clock *clk)
+static __always_inline int send_class4(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk)
 {
     struct body4 *r = body_16k.lookup(&ctx->ref.id);
-    if (!r)
-        return PASS_CACHE_RACE;
-    return ctx->is_head ? send_body(skb, &ctx->p, cs, r->head_len, r->head_csum, r->data, CLASS4_DATA, clk)
-                        : send_body(skb, &ctx->p, cs, r->len, r->csum, r->data, CLASS4_DATA, clk);
+    return r ? answer_from(skb, ctx, rb, cs, clk, &r->h, r->data, CLASS4_DATA) : PASS_CACHE_RACE;
 }
 
 /* The first checks, on fs_ingress: can this segment's request be answered here at all? Returns
@@ -232,6 +293,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     rb->b[end] = 0;                                 /* the sentinel parse_window stops at */
     rb->len = plen;
     rb->state = ST_START;
+    rb->inm_pos = 0;
     __builtin_memset(&rb->key, 0, sizeof(rb->key));
     ctx->p = *p;
     ctx->key = *k;
@@ -345,6 +407,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
         if (ref) {
             ctx->ref = *ref;
             ctx->is_head = rb->path_start == 5;
+            ctx->inm_pos = rb->inm_pos;
             progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
             r = PASS_CACHE_RACE;
         } else {
@@ -369,11 +432,11 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
         return TC_ACT_UNSPEC;
     int r;
     switch (cls) {
-    case 0: r = send_class0(skb, ctx, cs, clk); break;
-    case 1: r = send_class1(skb, ctx, cs, clk); break;
-    case 2: r = send_class2(skb, ctx, cs, clk); break;
-    case 3: r = send_class3(skb, ctx, cs, clk); break;
-    default: r = send_class4(skb, ctx, cs, clk); break;
+    case 0: r = send_class0(skb, ctx, t.rb, cs, clk); break;
+    case 1: r = send_class1(skb, ctx, t.rb, cs, clk); break;
+    case 2: r = send_class2(skb, ctx, t.rb, cs, clk); break;
+    case 3: r = send_class3(skb, ctx, t.rb, cs, clk); break;
+    default: r = send_class4(skb, ctx, t.rb, cs, clk); break;
     }
     if (r == ANSWERED) {
         struct cache_ref *ref = file_cache.lookup(&t.rb->key);

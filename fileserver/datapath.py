@@ -26,11 +26,14 @@ log = logging.getLogger("fileserver.datapath")
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 MAIN_SOURCE = BPF_DIR / "main.c"
-# From bpf/consts.h: where the Date slot sits in every response and how long it is.
+# From bpf/consts.h: where the Date slot sits in every 200 and 304 response and how long it is,
+# and the room for the 304 answer before the 200 answer in an entry's data.
 DATE_SLOT_OFFSET = 22
+NM_DATE_SLOT_OFFSET = 32
 DATE_SLOT_LEN = 32
+NM_REGION = 256
 MAX_FRAME = 16064
-BODY_HEADER = 16  # len, csum, head_len, head_csum before the data (bpf/structs.h)
+BODY_HEADER = 32  # struct body_hdr before the data (bpf/structs.h)
 BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k")
 PARSE_STAGES = 2
 PROG_SEND0 = PARSE_STAGES
@@ -70,9 +73,9 @@ def internet_checksum_le(data: bytes) -> int:
     return total
 
 
-def body_checksum(response: bytes) -> int:
+def body_checksum(response: bytes, date_slot: int = DATE_SLOT_OFFSET) -> int:
     """Checksum of a cached response with the Date slot zeroed (the kernel adds the fresh Date)."""
-    masked = response[:DATE_SLOT_OFFSET] + bytes(DATE_SLOT_LEN) + response[DATE_SLOT_OFFSET + DATE_SLOT_LEN :]
+    masked = response[:date_slot] + bytes(DATE_SLOT_LEN) + response[date_slot + DATE_SLOT_LEN :]
     return internet_checksum_le(masked)
 
 
@@ -169,7 +172,7 @@ class Datapath:
             progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
         self.file_cache = self.bpf[b"file_cache"]
         self.bodies = [self.bpf[name.encode()] for name in BODY_MAPS]
-        self.class_sizes = [ct.sizeof(m.Leaf) - BODY_HEADER for m in self.bodies]
+        self.class_sizes = [ct.sizeof(m.Leaf) - BODY_HEADER - NM_REGION for m in self.bodies]
         self.conn_state = self.bpf[b"conn_state"]
         self.conn_capacity = int(self.conn_state.max_entries)
         self.counters_map = self.bpf[b"counters"]
@@ -219,15 +222,25 @@ class Datapath:
         ct.memmove(ct.addressof(key), raw, len(raw))
         return key
 
-    def put_body(self, cls: int, body_id: int, response: bytes, head_len: int) -> None:
-        """A whole 200 response; its first head_len bytes (status line and headers) answer a HEAD."""
+    def put_body(self, cls: int, body_id: int, response: bytes, head_len: int, not_modified: bytes, etag: bytes) -> None:
+        """One version of a file: the whole 200 response (its first head_len bytes answer a HEAD)
+        and the 304 response, which contains the ETag the kernel compares If-None-Match with."""
+        if len(not_modified) > NM_REGION:
+            raise ValueError("304 response larger than its region")
         table = self.bodies[cls]
         leaf = table.Leaf()
-        leaf.len = len(response)
-        leaf.csum = body_checksum(response)
-        leaf.head_len = head_len
-        leaf.head_csum = body_checksum(response[:head_len])
-        ct.memmove(ct.addressof(leaf) + BODY_HEADER, response, len(response))
+        h = leaf.h
+        h.len = len(response)
+        h.csum = body_checksum(response)
+        h.head_len = head_len
+        h.head_csum = body_checksum(response[:head_len])
+        h.nm_len = len(not_modified)
+        h.nm_csum = body_checksum(not_modified, NM_DATE_SLOT_OFFSET)
+        h.etag_off = not_modified.index(b"ETag: " + etag + b"\r\n") + len(b"ETag: ")
+        h.etag_len = len(etag)
+        base = ct.addressof(leaf) + BODY_HEADER
+        ct.memmove(base, not_modified, len(not_modified))
+        ct.memmove(base + NM_REGION, response, len(response))
         table[ct.c_uint(body_id)] = leaf
 
     def delete_body(self, cls: int, body_id: int) -> None:

@@ -26,6 +26,7 @@ from fileserver.http_semantics import (
     file_headers,
     http_date,
     if_range_allows,
+    not_modified_headers,
     parse_range,
 )
 from fileserver.resolve import Outcome, Resolver, is_canonical
@@ -135,12 +136,10 @@ class StaticHandler:
             log.warning("%s kept changing while being read; answering 503", path)
             return self._simple(503, "503: File is being modified, retry\n", [("Retry-After", "1")])
 
-        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v))
         pre = evaluate_preconditions(request.headers, v)
         if pre is Precondition.NOT_MODIFIED:
-            for name in ("Content-Type", "Content-Length", "Accept-Ranges"):
-                del headers[name]
-            return web.Response(status=304, headers=headers)
+            return web.Response(status=304, headers=CIMultiDict(not_modified_headers(v, self.dates.now())))
+        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v))
         if pre is Precondition.FAILED:
             return self._simple(412, "412: Precondition Failed\n")
 

@@ -91,6 +91,23 @@ def serialize_head(status_line: bytes, headers: list[tuple[str, str]]) -> bytes:
     return status_line + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers) + b"\r\n"
 
 
+STATUS_LINE_304 = b"HTTP/1.1 304 Not Modified\r\n"
+# Offset of the Date value in a 304 header block (Date comes first there too).
+NM_DATE_OFFSET = len(STATUS_LINE_304) + len(b"Date: ")
+
+
+def not_modified_headers(v: Validators, date: str) -> list[tuple[str, str]]:
+    """Headers of a 304 (RFC 9110 section 15.4.5): the validators, no representation metadata."""
+    return common_headers(date) + [("Last-Modified", v.last_modified), ("ETag", v.etag)]
+
+
+def not_modified_head(v: Validators, date: str) -> bytes:
+    """A 304 response exactly as sent on the wire (it has no body)."""
+    head = serialize_head(STATUS_LINE_304, not_modified_headers(v, date))
+    assert head[NM_DATE_OFFSET : NM_DATE_OFFSET + DATE_LEN] == date.encode()
+    return head
+
+
 def response_head(name: str, v: Validators, date: str) -> bytes:
     """Status line and headers of the 200 response for a whole file, exactly as sent on the wire."""
     head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fileserver.config import Config
 from fileserver.datapath import Datapath
-from fileserver.http_semantics import Validators, response_head
+from fileserver.http_semantics import Validators, not_modified_head, response_head
 from fileserver.resolve import INDEX_FILE, Outcome, Resolver, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
@@ -154,7 +154,8 @@ class KernelCache:
             body_id = self._next_id
             self._next_id = (self._next_id % 0xFFFFFFFF) + 1
             try:
-                self.dp.put_body(cls, body_id, response, len(head))
+                self.dp.put_body(cls, body_id, response, len(head),
+                                 not_modified_head(snap.validators, self.date()), snap.validators.etag.encode())
                 self.dp.set_ref(url_path, body_id, cls)
             except (OSError, KeyError, ValueError) as e:
                 # A full map or an oversized key: the request is simply served by userspace.

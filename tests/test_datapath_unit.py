@@ -52,3 +52,19 @@ def test_body_checksum_ignores_date_slot() -> None:
     b = a.replace(b"08:49:37", b"09:00:00")
     assert datapath.body_checksum(a) == datapath.body_checksum(b)
     assert datapath.body_checksum(a) != datapath.body_checksum(a.replace(b"body", b"bodx"))
+
+
+def test_date_slots_match_the_header_blocks() -> None:
+    from fileserver.http_semantics import NM_DATE_OFFSET, Validators, http_date, not_modified_head, response_head
+
+    v = Validators(10, 1_700_000_000_000_000_000, 1, 1)
+    date = http_date(0)
+    slot = b" " + date.encode() + b"\r\n"
+    head = response_head("a.txt", v, date)
+    nm = not_modified_head(v, date)
+    assert head[datapath.DATE_SLOT_OFFSET : datapath.DATE_SLOT_OFFSET + datapath.DATE_SLOT_LEN] == slot
+    assert nm[datapath.NM_DATE_SLOT_OFFSET : datapath.NM_DATE_SLOT_OFFSET + datapath.DATE_SLOT_LEN] == slot
+    assert NM_DATE_OFFSET == datapath.NM_DATE_SLOT_OFFSET + 1
+    assert int(c_define("NM_DATE_SLOT_OFFSET")) == datapath.NM_DATE_SLOT_OFFSET
+    assert int(c_define("NM_REGION")) == datapath.NM_REGION
+    assert datapath.DATE_SLOT_OFFSET % 2 == 0 and datapath.NM_DATE_SLOT_OFFSET % 2 == 0  # 16-bit aligned for the sums

@@ -91,6 +91,42 @@ def test_head_answered_by_kernel_like_userspace(netns: NetNS, site: Path, server
     assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # and the stream is still in sync
 
 
+def test_conditional_get_answered_by_kernel(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = server_factory(site, "--hot-after", "0")
+    c = RawClient(netns)
+    etag = split_response(c.get("/style.css"))[1]["etag"]
+    kernel = {
+        "match": c.get("/style.css", f"If-None-Match: {etag}\r\n"),
+        "weak": c.get("/style.css", f"If-None-Match:W/{etag}  \r\n"),
+        "other": c.get("/style.css", 'If-None-Match: "0-0"\r\n'),
+        "head": (c.send(f"HEAD /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n".encode())
+                 or c.read_response(head_only=True)),
+    }
+    assert srv.kernel_hits() == 5 and srv.user_hits() == 0, ({k: v[:40] for k, v in kernel.items()}, {k: v for k, v in srv.metrics().items() if "passes" in k and v})
+    assert kernel["match"].startswith(b"HTTP/1.1 304 Not Modified\r\n") and kernel["match"].endswith(b"\r\n\r\n")
+    assert kernel["weak"] == kernel["match"] or without_date(kernel["weak"]) == without_date(kernel["match"])
+    assert split_response(kernel["other"])[2] == SITE_FILES["style.css"]
+    assert kernel["head"].startswith(b"HTTP/1.1 304")
+    # Anything but one entity-tag goes to userspace, which applies RFC 9110 in full.
+    for value in (f'"0-0", {etag}', "*", f"{etag}, W/{etag}"):
+        before = srv.user_hits()
+        resp = c.get("/style.css", f"If-None-Match: {value}\r\n")
+        assert resp.startswith(b"HTTP/1.1 304") and srv.user_hits() == before + 1, value
+    # The connection went to userspace: its 304 must be the kernel's, byte for byte.
+    from_user = c.get("/style.css", f"If-None-Match: {etag}\r\n")
+    assert without_date(from_user) == without_date(kernel["match"])
+    assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 1
+    c2 = RawClient(netns)
+    c2.get("/style.css", f"If-None-Match: {etag}\r\nIf-None-Match: {etag}\r\n")
+    assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 2
+    # After a change the old ETag no longer matches: the new content comes back.
+    (site / "style.css").write_bytes(b"changed\n")
+    time.sleep(1.2)
+    c3 = RawClient(netns)
+    resp = c3.get("/style.css", f"If-None-Match: {etag}\r\n")
+    assert split_response(resp)[2] == b"changed\n"
+
+
 def test_query_string_ignored_and_index(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
     srv = server_factory(site, "--hot-after", "0")
     c = RawClient(netns)
@@ -131,7 +167,7 @@ def test_ineligible_requests_pass_to_userspace(netns: NetNS, site: Path, server_
         "http10": b"GET /hot.txt HTTP/1.0\r\n\r\n",
         "close": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         "range": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n",
-        "conditional": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"x\"\r\n\r\n",
+        "conditional": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
         "body": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         "escaped": b"GET /hot%2etxt HTTP/1.1\r\nHost: x\r\n\r\n",
         "pipelined": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n",
