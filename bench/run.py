@@ -425,7 +425,7 @@ def main() -> None:
     elif args.quick:
         plan = Plan(rounds=1, sizes=["128B", "4KiB"], wrk_seconds=2, ab_requests=2000, latency_seconds=1)
     else:
-        plan = Plan(rounds=3, sizes=list(SIZES), wrk_seconds=5, ab_requests=10000, latency_seconds=3)
+        plan = Plan(rounds=3, sizes=list(SIZES), wrk_seconds=5, ab_requests=5000, latency_seconds=3)
     plan.contenders = args.contenders.split(",")
     report = run(plan, args.out)
     sys.exit(1 if report["failures"] else 0)
