@@ -57,4 +57,10 @@ class Config:
             )
         if not self.interfaces and self.kernel_cache:
             raise ConfigError("the kernel path needs at least one --interface (or pass --no-kernel-cache)")
+        if self.kernel_cache:
+            for ifname in self.interfaces:
+                if not Path("/sys/class/net", ifname).exists():
+                    raise ConfigError(
+                        f"no network interface named {ifname!r} (see `ip link`): fix --interface, or pass --no-kernel-cache"
+                    )
         return replace(self, root=root.resolve(strict=True))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -235,7 +234,7 @@ def test_cache_bounded_and_never_fails(netns: NetNS, site: Path, server_factory)
     for i in range(12):
         (site / f"f{i}.txt").write_bytes(f"file {i}\n".encode())
     srv = server_factory(site, "--hot-after", "1", "--kernel-cache-entries", "4")
-    for round_ in range(2):
+    for _ in range(2):
         for i in range(12):
             c = RawClient(netns)
             assert body_of(c.get(f"/f{i}.txt")) == f"file {i}\n".encode()

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support import REPO, NetNS, RawClient, Server, require_tool
+from tests.support import REPO, NetNS, RawClient, require_tool
 
 
 def stats_cli(ns: NetNS, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
