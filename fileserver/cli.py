@@ -43,6 +43,8 @@ def _envvar(name: str) -> str:
 @click.option("--max-kernel-file-size", type=int, default=15 * 1024, envvar=_envvar("MAX_KERNEL_FILE_SIZE"),
               help=f"Largest file the kernel serves, in bytes (its response must also fit one segment; at most {KERNEL_MAX_RESPONSE}).")
 @click.option("--kernel-cache-entries", type=int, default=1024, envvar=_envvar("KERNEL_CACHE_ENTRIES"), help="Most files held in the kernel cache.")
+@click.option("--kernel-connections", type=int, default=65536, envvar=_envvar("KERNEL_CONNECTIONS"),
+              help="Size of the kernel's connection table; connections beyond it are served by userspace.")
 @click.option("--autoindex", is_flag=True, envvar=_envvar("AUTOINDEX"), help="List directories that have no index.html.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
 @click.option("-v", "--verbose", is_flag=True, envvar=_envvar("VERBOSE"), help="Debug logging, including the BPF verifier log on failure.")
@@ -66,6 +68,7 @@ def main(ctx: click.Context, **opts: object) -> None:
             hot_after=opts["hot_after"],  # type: ignore[arg-type]
             max_kernel_file_size=opts["max_kernel_file_size"],  # type: ignore[arg-type]
             kernel_cache_entries=opts["kernel_cache_entries"],  # type: ignore[arg-type]
+            kernel_connections=opts["kernel_connections"],  # type: ignore[arg-type]
             autoindex=bool(opts["autoindex"]),
             access_log=bool(opts["access_log"]),
             verbose=bool(opts["verbose"]),

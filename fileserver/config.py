@@ -27,6 +27,7 @@ class Config:
     hot_after: int = 3
     max_kernel_file_size: int = 15 * 1024
     kernel_cache_entries: int = 1024
+    kernel_connections: int = 65536
     memory_cache_bytes: int = 64 * 1024 * 1024
     max_memory_file_size: int = 1024 * 1024
     autoindex: bool = False
@@ -55,6 +56,8 @@ class Config:
                 f"--max-kernel-file-size must be between 1 and {KERNEL_MAX_RESPONSE} bytes "
                 "(one kernel-built segment holds at most that much)"
             )
+        if not 1 <= self.kernel_connections <= 1 << 22:
+            raise ConfigError("--kernel-connections must be between 1 and 4194304")
         if not self.interfaces and self.kernel_cache:
             raise ConfigError("the kernel path needs at least one --interface (or pass --no-kernel-cache)")
         if self.kernel_cache:

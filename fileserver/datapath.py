@@ -120,7 +120,8 @@ class Counters:
 class Datapath:
     """Loaded programs and their maps. Close it to release them (the filters are tc.py's job)."""
 
-    def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE) -> None:
+    def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE,
+                 connections: int = 65536) -> None:
         try:
             from bcc import BPF  # type: ignore[import-not-found]
         except ImportError as e:
@@ -128,6 +129,7 @@ class Datapath:
         cflags = [
             f"-DSERVER_PORT={port}",
             f"-DCACHE_ENTRIES={cache_entries}",
+            f"-DCONN_ENTRIES={connections}",
             "-Wno-unused-value",
             "-Wno-pointer-sign",
             "-Wno-compare-distinct-pointer-types",

@@ -78,20 +78,14 @@ class ActiveKernelPath(KernelPath):
 
         self.config = config
         self.dates = DateCache()
-        self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose)
+        self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose,
+                           connections=config.kernel_connections)
         self.attachments: list[tc.Attachment] = []
+        self._mtus: dict[int, int] = {}
         self._stop = threading.Event()
         try:
             self.dp.refresh_clock(self.dates.now())
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                for ifname in config.interfaces:
-                    found = ipr.link_lookup(ifname=ifname)
-                    if not found:
-                        raise tc.TcError(f"no interface named {ifname!r} (see `ip link`)")
-                    mtu = ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
-                    self.dp.set_max_frame(found[0], mtu)
+            self._refresh_mtus()
             fds = {"ingress": self.dp.fd("fs_ingress"), "egress": self.dp.fd("fs_egress")}
             for ifname in config.interfaces:
                 self.attachments.append(tc.attach(ifname, config.port, fds))
@@ -108,12 +102,33 @@ class ActiveKernelPath(KernelPath):
         self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
         self._thread.start()
 
+    def _refresh_mtus(self) -> None:
+        """Largest frame per interface: bpf_skb_change_tail does not check the MTU and veth drops
+        oversized frames silently, so a change at run time must reach the kernel quickly (a frame
+        lost meanwhile is recovered: the client retransmits and the request then passes)."""
+        from pyroute2 import IPRoute
+
+        from fileserver import tc
+
+        with IPRoute() as ipr:
+            for ifname in self.config.interfaces:
+                found = ipr.link_lookup(ifname=ifname)
+                if not found:
+                    raise tc.TcError(f"no interface named {ifname!r} (see `ip link`)")
+                mtu = ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
+                if self._mtus.get(found[0]) != mtu:
+                    self.dp.set_max_frame(found[0], mtu)
+                    if found[0] in self._mtus:
+                        log.info("MTU of %s is now %d", ifname, mtu)
+                    self._mtus[found[0]] = mtu
+
     def _maintain(self) -> None:
-        """Every second, on the second: fresh Date and heartbeat, and a coherence sweep."""
+        """Every second, on the second: fresh Date and heartbeat, MTUs, and a coherence sweep."""
         last_gc = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.dp.refresh_clock(self.dates.now())
+                self._refresh_mtus()
                 self.cache.sweep()
                 if time.monotonic() - last_gc > GC_INTERVAL_S:
                     last_gc = time.monotonic()

@@ -1,0 +1,68 @@
+"""Resource limits and link changes fail safe: userspace serves, counters say what happened."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import SITE_FILES
+from tests.support import NetNS, RawClient, Server, split_response
+
+
+def body_of(resp: bytes) -> bytes:
+    return split_response(resp)[2]
+
+
+def test_full_connection_table_sends_new_connections_to_userspace(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = server_factory(site, "--hot-after", "0", "--kernel-connections", "4")
+    clients = [RawClient(netns) for _ in range(6)]  # held open: their entries stay
+    for c in clients:
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    m = srv.metrics()
+    assert m["fileserver_requests_total{path=kernel}"] == 4
+    assert m["fileserver_requests_total{path=user}"] == 2
+    assert m["fileserver_kernel_errors_total{kind=conn_full}"] == 2
+    assert m["fileserver_kernel_passes_total{reason=no_conn}"] == 2
+    assert m["fileserver_conn_state_entries"] == 4 and m["fileserver_conn_state_capacity"] == 4
+    for c in clients:  # every connection still works
+        assert body_of(c.get("/style.css")) == SITE_FILES["style.css"]
+        c.close()
+
+
+def test_mtu_change_at_run_time(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
+    try:
+        c = RawClient(veth.client, host="10.77.0.1")
+        assert body_of(c.get("/style.css")) == SITE_FILES["style.css"]  # ~700 bytes: fits 1500
+        assert srv.kernel_hits() == 1
+        for ns, dev in ((veth.server, veth.server_if), (veth.client, veth.client_if)):
+            ns.run("ip", "link", "set", dev, "mtu", "600")
+        time.sleep(1.5)  # the maintenance thread notices within a second
+        c2 = RawClient(veth.client, host="10.77.0.1")
+        assert body_of(c2.get("/style.css")) == SITE_FILES["style.css"]  # now too big: userspace
+        assert body_of(c2.get("/hot.txt")) == SITE_FILES["hot.txt"]
+        m = srv.metrics()
+        assert m["fileserver_kernel_passes_total{reason=too_big}"] == 1
+        assert "MTU of" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_interface_down_and_up(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
+    try:
+        c = RawClient(veth.client, host="10.77.0.1")
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+        veth.server.run("ip", "link", "set", veth.server_if, "down")
+        time.sleep(0.5)
+        veth.server.run("ip", "link", "set", veth.server_if, "up")
+        deadline = time.monotonic() + 10
+        while "state UP" not in veth.server.run("ip", "link", "show", veth.server_if).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # The filters survive the link flap and the same connection goes on.
+        assert "fileserver:8080:ingress" in veth.server.run("tc", "filter", "show", "dev", veth.server_if, "ingress").stdout
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+        assert srv.kernel_hits() == 2
+    finally:
+        srv.stop()
