@@ -66,3 +66,46 @@ def test_interface_down_and_up(veth, site: Path) -> None:  # type: ignore[no-unt
         assert srv.kernel_hits() == 2
     finally:
         srv.stop()
+
+
+def test_slowloris_does_not_starve_normal_clients(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import threading
+
+    srv = server_factory(site, "--hot-after", "0")
+    slow: list[socket.socket] = []
+    with netns.entered():
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", 8080), timeout=5)
+            s.sendall(b"GET /hot.txt HTTP/1.1\r\nX-Slow: ")
+            slow.append(s)
+    stop = threading.Event()
+
+    def drip() -> None:  # one byte a second on every slow connection
+        while not stop.wait(1.0):
+            for s in slow:
+                try:
+                    s.send(b"a")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=drip)
+    t.start()
+    try:
+        worst = 0.0
+        for i in range(20):
+            start = time.monotonic()
+            c = RawClient(netns)
+            path = "/hot.txt" if i % 2 else "/nope"  # kernel and userspace answers
+            resp = c.get(path)
+            c.close()
+            worst = max(worst, time.monotonic() - start)
+            assert resp.startswith(b"HTTP/1.1 200") or resp.startswith(b"HTTP/1.1 404")
+            time.sleep(0.1)
+        assert worst < 1.0, worst
+        assert srv.user_hits() >= 10 and srv.kernel_hits() >= 10
+    finally:
+        stop.set()
+        t.join()
+        for s in slow:
+            s.close()
