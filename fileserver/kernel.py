@@ -14,10 +14,12 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fileserver.config import Config
 from fileserver.handlers import DateCache
+from fileserver.privileges import drop_capabilities
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache, Snapshot
 
@@ -74,8 +76,6 @@ class ActiveKernelPath(KernelPath):
         from fileserver import tc
         from fileserver.datapath import Datapath
         from fileserver.kcache import KernelCache
-        from fileserver.watcher import RootWatcher
-
         self.config = config
         self.dates = DateCache()
         self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose,
@@ -94,11 +94,18 @@ class ActiveKernelPath(KernelPath):
             if config.hot_after == 0:
                 n = self.cache.preload()
                 log.info("pushed %d files into the kernel cache", n)
-            self.watcher = RootWatcher(str(resolver.root), self.cache.on_paths_changed)
-            self.watcher.startup()
+            self.root = str(resolver.root)
         except BaseException:
             self._teardown()
             raise
+
+    def run(self) -> None:
+        """Start the threads (after privileges are dropped, so that they never hold any; watchdog
+        starts its inotify reader thread as soon as a watch is scheduled)."""
+        from fileserver.watcher import RootWatcher
+
+        self.watcher = RootWatcher(self.root, self.cache.on_paths_changed)
+        self.watcher.startup()
         self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
         self._thread.start()
 
@@ -144,7 +151,7 @@ class ActiveKernelPath(KernelPath):
 
         self._stop.set()
         watcher = getattr(self, "watcher", None)
-        if watcher is not None:
+        if watcher is not None and hasattr(self, "_thread"):
             watcher.shutdown()
         for att in self.attachments:
             try:
@@ -216,6 +223,16 @@ def _privilege_problem() -> str | None:
     return None
 
 
+def _drop_everywhere(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop capabilities in this (the event loop's) thread and retire the default executor, whose
+    threads may predate the drop (getaddrinfo for the listening socket runs there)."""
+    drop_capabilities()
+    old = getattr(loop, "_default_executor", None)
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="fileserver-io"))
+    if old is not None:
+        old.shutdown(wait=False)
+
+
 @asynccontextmanager
 async def start_kernel_path(config: Config, resolver: Resolver, memcache: MemoryCache) -> AsyncIterator[KernelPath]:
     """Yield an active kernel path, or a disabled one with the reason (logged once)."""
@@ -228,13 +245,25 @@ async def start_kernel_path(config: Config, resolver: Resolver, memcache: Memory
     elif (problem := _privilege_problem()) is not None:
         kernel = KernelPath(problem)
     else:
+        # Load and attach in a thread of its own (compiling takes seconds; userspace serves
+        # meanwhile), then drop capabilities in that thread and in this one before any other
+        # thread exists that could keep them.
+        loop = asyncio.get_running_loop()
+        privileged = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fileserver-load")
         try:
-            kernel = await asyncio.get_running_loop().run_in_executor(None, ActiveKernelPath, config, resolver, memcache)
+            kernel = await loop.run_in_executor(privileged, ActiveKernelPath, config, resolver, memcache)
         except (DatapathError, TcError) as e:
             kernel = KernelPath(str(e))
         except Exception as e:  # netlink and bcc raise many kinds: never let them stop userspace
             log.debug("kernel path start-up failed", exc_info=True)
             kernel = KernelPath(f"{type(e).__name__}: {e}")
+        finally:
+            await loop.run_in_executor(privileged, drop_capabilities)
+            privileged.shutdown(wait=True)
+        _drop_everywhere(loop)
+        if isinstance(kernel, ActiveKernelPath):
+            kernel.run()
+            log.info("capabilities dropped after attaching: only CAP_NET_ADMIN kept, to detach at stop")
     if not kernel.enabled:
         log.warning("kernel path off: %s; serving from userspace only", kernel.off_reason)
     try:

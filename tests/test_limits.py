@@ -109,3 +109,23 @@ def test_slowloris_does_not_starve_normal_clients(netns: NetNS, site: Path, serv
         t.join()
         for s in slow:
             s.close()
+
+
+def test_capabilities_dropped_after_start(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    from fileserver.privileges import CAP_NET_ADMIN, effective_capabilities
+
+    srv = server_factory(site, "--hot-after", "0")
+    c = RawClient(netns)
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # the kernel path works without them
+    assert body_of(c.get("/big.bin")) == SITE_FILES["big.bin"]  # sendfile in a fresh executor thread
+    (site / "hot.txt").write_bytes(b"new\n")  # the watcher and the map updates need none either
+    time.sleep(1.2)
+    assert body_of(RawClient(netns).get("/hot.txt")) == b"new\n"
+    pid = int(netns.run("ip", "netns", "pids", netns.name).stdout.split()[0])
+    caps = effective_capabilities(pid)
+    assert len(caps) >= 3  # main, watcher, maintenance, ...
+    names = {t: open(f"/proc/{pid}/task/{t}/comm").read().strip() for t in caps}
+    assert all(v == 1 << CAP_NET_ADMIN for v in caps.values()), sorted((int(t), names[t], hex(v)) for t, v in caps.items())
+    assert "capabilities dropped" in srv.log()
+    assert srv.stop() == 0
+    assert "fileserver" not in netns.run("tc", "filter", "show", "dev", "lo", "ingress").stdout  # still detaches
