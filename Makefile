@@ -8,7 +8,7 @@ IFACE   ?= lo
 PREFIX  ?= /usr/local
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench install uninstall clean
+.PHONY: setup run test bench fuzz install uninstall clean
 
 setup:
 	@bash scripts/setup.sh
@@ -41,3 +41,7 @@ clean:
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+# The parser's differential fuzz run, longer than the one in `make test` (FUZZ_CASES, FUZZ_SEED).
+fuzz: setup
+	FUZZ_CASES=$${FUZZ_CASES:-20000} $(PY) -m pytest -q tests/test_parser_differential.py

@@ -109,10 +109,10 @@ static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
 static __always_inline __u8 lc(__u8 c) { return c | 0x20; }   /* letters only; others may alias */
 
 /* Header names that make a request ineligible. Aliasing in lc() can only add false matches, which
- * pass more requests to userspace: the safe direction. Returns a pass reason or GO_ON.
- * Host is not checked: this server does not route by Host, so a duplicate cannot change what the
- * two parsers answer (and tracking it doubled the verifier's states). */
+ * pass more requests to userspace: the safe direction. Returns a pass reason, GO_ON, or one of the
+ * HDR_* codes for headers the caller tracks. */
 #define HDR_INM (-6)     /* If-None-Match: the sender compares it with the entry's ETag */
+#define HDR_HOST (-7)    /* Host: llhttp requires exactly one in HTTP/1.1 */
 #define INM_NAME_LEN 14  /* "If-None-Match:" */
 
 static __always_inline int classify_header(const __u8 *h)
@@ -148,10 +148,22 @@ static __always_inline int classify_header(const __u8 *h)
     if (lc(h[0]) == 'e' && lc(h[1]) == 'x' && lc(h[2]) == 'p' && lc(h[3]) == 'e' && lc(h[4]) == 'c' &&
         lc(h[5]) == 't' && h[6] == ':')
         return PASS_MALFORMED;                              /* Expect: 100-continue wants a body */
+    if (lc(h[0]) == 'h' && lc(h[1]) == 'o' && lc(h[2]) == 's' && lc(h[3]) == 't' && h[4] == ':')
+        return HDR_HOST;
     return GO_ON;
 }
 
 static __always_inline int is_vchar(__u8 c) { return c > 0x20 && c < 0x7f; }
+
+/* RFC 9110 tchar (header names): ALPHA, DIGIT and !#$%&'*+-.^_`|~, as a 128-bit set. */
+#define TCHAR_LO 0x03ff6cfa00000000ULL
+#define TCHAR_HI 0x57ffffffc7fffffeULL
+static __always_inline int is_tchar(__u8 c)
+{
+    if (c >= 128)
+        return 0;
+    return c < 64 ? (TCHAR_LO >> c) & 1 : (TCHAR_HI >> (c - 64)) & 1;
+}
 
 /* Scanner states of parse_window, kept in req_buf.state between stages. */
 enum {
@@ -248,15 +260,22 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
             if (c == '\r') {
                 if (b[i + 1] != '\n')
                     return i + 1 == len ? PASS_SPLIT : PASS_MALFORMED;
-                return i + 2 == len ? GO_ON : PASS_PIPELINED;
+                if (i + 2 != len)
+                    return PASS_PIPELINED;
+                /* llhttp (aiohttp) rejects an HTTP/1.1 request without Host: so must we. */
+                return *(volatile __u32 *)&rb->host_seen ? GO_ON : PASS_MALFORMED;
             }
-            if (c == ' ' || c == '\t')
-                return PASS_MALFORMED;                      /* obs-fold */
+            if (!is_tchar(c))
+                return PASS_MALFORMED;                      /* obs-fold, an empty name, ... */
             int r = classify_header(b + i);
             if (r == HDR_INM) {
                 if (*(volatile __u32 *)&rb->inm_pos)
                     return PASS_CONDITIONAL;                /* two of them: let userspace combine */
                 rb->inm_pos = i + INM_NAME_LEN;
+            } else if (r == HDR_HOST) {
+                if (*(volatile __u32 *)&rb->host_seen)
+                    return PASS_MALFORMED;                  /* llhttp rejects a duplicate Host */
+                rb->host_seen = 1;
             } else if (r != GO_ON) {
                 return r;
             }
@@ -265,8 +284,8 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
         if (state == ST_NAME) {
             if (c == ':')
                 state = ST_VALUE;
-            else if (!is_vchar(c))
-                return PASS_MALFORMED;                      /* space before ':' or control byte */
+            else if (!is_tchar(c))
+                return PASS_MALFORMED;                      /* llhttp accepts only token bytes here */
             continue;
         }
         if (c == '\r') {

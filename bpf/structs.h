@@ -116,6 +116,7 @@ struct req_buf {
     __u32 path_start;           /* where the target starts: 4 for "GET ", 5 for "HEAD " */
     __u32 inm_pos;              /* where the If-None-Match value starts (0: no such header) */
     __u32 scratch;              /* values handed through memory to keep verifier states few */
+    __u32 host_seen;            /* a Host header was seen */
     struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
                                  * slots half zero, half written multiply verifier states) */
     __u8 b[MAX_REQ + NAME_PEEK + 16];

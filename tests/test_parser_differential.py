@@ -1,0 +1,55 @@
+"""The kernel never answers a request that llhttp (aiohttp's parser) reads differently.
+
+Each case goes over a real connection to the real server; the kernel counter says whether the
+kernel answered. `make fuzz` runs many more cases (FUZZ_CASES).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+from pathlib import Path
+
+from tests.differential import base_request, llhttp, mutate
+from tests.support import NetNS
+
+CASES = int(os.environ.get("FUZZ_CASES", "400"))
+SEED = int(os.environ.get("FUZZ_SEED", "20261122"))
+
+
+def kernel_hits(stats: http.client.HTTPConnection) -> int:
+    stats.request("GET", "/stats.json")
+    return int(json.loads(stats.getresponse().read())["requests"]["kernel"])
+
+
+def test_kernel_parser_never_disagrees_with_llhttp(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    server_factory(site, "--hot-after", "0")
+    with netns.entered():
+        stats = http.client.HTTPConnection("127.0.0.1", 9180, timeout=5)
+        stats.connect()
+    rng = random.Random(SEED)
+    cases = [base_request(), base_request(b"HEAD")] + [mutate(rng) for _ in range(CASES)]
+    answered = 0
+    problems = []
+    for data in cases:
+        before = kernel_hits(stats)
+        with netns.entered():
+            s = socket.create_connection(("127.0.0.1", 8080), timeout=0.3)
+        try:
+            s.sendall(data)
+            try:
+                s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                pass
+        finally:
+            s.close()
+        if kernel_hits(stats) > before:
+            answered += 1
+            view = llhttp(data)
+            if not view.answerable:
+                problems.append((data, view.detail))
+    assert not problems, problems[:5]
+    assert answered >= 2  # the base requests at least: the test can see a kernel answer
