@@ -24,6 +24,18 @@
 #define REQ_MASK (MAX_REQ - 1)
 /* Bytes read past a header-line start when matching header names (scratch buffer is padded). */
 #define NAME_PEEK 32
+/* Userspace's parser limits (--max-url-length, --max-header-size, --max-headers): a request over
+ * any of them gets a 400 from userspace, so the kernel must not answer it either. */
+#ifndef LIMIT_URL_LENGTH
+#define LIMIT_URL_LENGTH 8190
+#endif
+#ifndef LIMIT_HEADER_SIZE
+#define LIMIT_HEADER_SIZE 8190
+#endif
+#ifndef LIMIT_HEADERS
+#define LIMIT_HEADERS 128
+#endif
+
 /* The request is scanned in windows of PARSE_WINDOW bytes, one tail-called program each. */
 #define PARSE_WINDOW 512
 #define NR_PARSE_STAGES (MAX_REQ / PARSE_WINDOW)

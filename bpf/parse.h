@@ -267,6 +267,8 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
             }
             if (!is_tchar(c))
                 return PASS_MALFORMED;                      /* obs-fold, an empty name, ... */
+            if (++rb->headers > LIMIT_HEADERS)
+                return PASS_TOO_LONG;
             int r = classify_header(b + i);
             if (r == HDR_INM) {
                 if (*(volatile __u32 *)&rb->inm_pos)
@@ -291,6 +293,11 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
         if (c == '\r') {
             if (b[i + 1] != '\n')
                 return i + 1 == len ? PASS_SPLIT : PASS_MALFORMED;
+            /* userspace's configured limits apply here too, or the parsers would disagree */
+            __u32 line = i - *(volatile __u32 *)&rb->line_start;
+            if (line > (*(volatile __u32 *)&rb->headers ? LIMIT_HEADER_SIZE : LIMIT_URL_LENGTH))
+                return PASS_TOO_LONG;
+            rb->line_start = i + 2;
             state = ST_LF;
             continue;
         }

@@ -117,6 +117,8 @@ struct req_buf {
     __u32 inm_pos;              /* where the If-None-Match value starts (0: no such header) */
     __u32 scratch;              /* values handed through memory to keep verifier states few */
     __u32 host_seen;            /* a Host header was seen */
+    __u32 headers;              /* header lines so far */
+    __u32 line_start;           /* where the current line starts */
     struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
                                  * slots half zero, half written multiply verifier states) */
     __u8 b[MAX_REQ + NAME_PEEK + 16];

@@ -295,6 +295,8 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     rb->state = ST_START;
     rb->inm_pos = 0;
     rb->host_seen = 0;
+    rb->headers = 0;
+    rb->line_start = 0;
     __builtin_memset(&rb->key, 0, sizeof(rb->key));
     ctx->p = *p;
     ctx->key = *k;

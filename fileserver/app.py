@@ -6,12 +6,19 @@ from aiohttp import web
 
 from fileserver.handlers import StaticHandler
 
-# aiohttp's parser limits (llhttp): longer lines or header fields get a 400 before any handler runs.
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
+from fileserver.config import Config
 
 
-def make_app(handler: StaticHandler) -> web.Application:
-    app = web.Application(handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE})
+def make_app(handler: StaticHandler, config: Config) -> web.Application:
+    """Parser limits (llhttp) answer 400 before any handler runs: request line (URL), header field
+    size and count; idle keep-alive connections are closed after keepalive_timeout."""
+    app = web.Application(
+        handler_args={
+            "max_line_size": config.max_url_length,
+            "max_field_size": config.max_header_size,
+            "max_headers": config.max_headers,
+            "keepalive_timeout": config.keepalive_timeout,
+        }
+    )
     app.router.add_route("*", "/{tail:.*}", handler)
     return app

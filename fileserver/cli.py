@@ -45,6 +45,13 @@ def _envvar(name: str) -> str:
 @click.option("--kernel-cache-entries", type=int, default=1024, envvar=_envvar("KERNEL_CACHE_ENTRIES"), help="Most files held in the kernel cache.")
 @click.option("--kernel-connections", type=int, default=65536, envvar=_envvar("KERNEL_CONNECTIONS"),
               help="Size of the kernel's connection table; connections beyond it are served by userspace.")
+@click.option("--keepalive-timeout", type=float, default=75.0, envvar=_envvar("KEEPALIVE_TIMEOUT"),
+              help="Close idle keep-alive connections after this many seconds.")
+@click.option("--max-url-length", type=int, default=8190, envvar=_envvar("MAX_URL_LENGTH"),
+              help="Longest request line (400 beyond).")
+@click.option("--max-header-size", type=int, default=8190, envvar=_envvar("MAX_HEADER_SIZE"),
+              help="Longest header field (400 beyond).")
+@click.option("--max-headers", type=int, default=128, envvar=_envvar("MAX_HEADERS"), help="Most header fields.")
 @click.option("--autoindex", is_flag=True, envvar=_envvar("AUTOINDEX"), help="List directories that have no index.html.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
 @click.option("-v", "--verbose", is_flag=True, envvar=_envvar("VERBOSE"), help="Debug logging, including the BPF verifier log on failure.")
@@ -69,6 +76,10 @@ def main(ctx: click.Context, **opts: object) -> None:
             max_kernel_file_size=opts["max_kernel_file_size"],  # type: ignore[arg-type]
             kernel_cache_entries=opts["kernel_cache_entries"],  # type: ignore[arg-type]
             kernel_connections=opts["kernel_connections"],  # type: ignore[arg-type]
+            keepalive_timeout=opts["keepalive_timeout"],  # type: ignore[arg-type]
+            max_url_length=opts["max_url_length"],  # type: ignore[arg-type]
+            max_header_size=opts["max_header_size"],  # type: ignore[arg-type]
+            max_headers=opts["max_headers"],  # type: ignore[arg-type]
             autoindex=bool(opts["autoindex"]),
             access_log=bool(opts["access_log"]),
             verbose=bool(opts["verbose"]),

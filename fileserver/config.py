@@ -30,6 +30,10 @@ class Config:
     kernel_connections: int = 65536
     memory_cache_bytes: int = 64 * 1024 * 1024
     max_memory_file_size: int = 1024 * 1024
+    keepalive_timeout: float = 75.0
+    max_url_length: int = 8190
+    max_header_size: int = 8190
+    max_headers: int = 128
     autoindex: bool = False
     access_log: bool = False
     shutdown_timeout: float = 10.0
@@ -56,6 +60,12 @@ class Config:
                 f"--max-kernel-file-size must be between 1 and {KERNEL_MAX_RESPONSE} bytes "
                 "(one kernel-built segment holds at most that much)"
             )
+        if self.keepalive_timeout <= 0:
+            raise ConfigError("--keepalive-timeout must be more than 0 seconds")
+        for name, value in (("--max-url-length", self.max_url_length), ("--max-header-size", self.max_header_size),
+                            ("--max-headers", self.max_headers)):
+            if not 1 <= value <= 1 << 20:
+                raise ConfigError(f"{name} must be between 1 and {1 << 20}")
         if not 1 <= self.kernel_connections <= 1 << 22:
             raise ConfigError("--kernel-connections must be between 1 and 4194304")
         if not self.interfaces and self.kernel_cache:

@@ -121,7 +121,8 @@ class Datapath:
     """Loaded programs and their maps. Close it to release them (the filters are tc.py's job)."""
 
     def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE,
-                 connections: int = 65536) -> None:
+                 connections: int = 65536, limits: tuple[int, int, int] = (8190, 8190, 128)) -> None:
+        """limits: userspace's (max request line, max header line, max header count)."""
         try:
             from bcc import BPF  # type: ignore[import-not-found]
         except ImportError as e:
@@ -130,6 +131,9 @@ class Datapath:
             f"-DSERVER_PORT={port}",
             f"-DCACHE_ENTRIES={cache_entries}",
             f"-DCONN_ENTRIES={connections}",
+            f"-DLIMIT_URL_LENGTH={limits[0]}",
+            f"-DLIMIT_HEADER_SIZE={limits[1]}",
+            f"-DLIMIT_HEADERS={limits[2]}",
             "-Wno-unused-value",
             "-Wno-pointer-sign",
             "-Wno-compare-distinct-pointer-types",

@@ -79,7 +79,8 @@ class ActiveKernelPath(KernelPath):
         self.config = config
         self.dates = DateCache()
         self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose,
-                           connections=config.kernel_connections)
+                           connections=config.kernel_connections,
+                           limits=(config.max_url_length, config.max_header_size, config.max_headers))
         self.attachments: list[tc.Attachment] = []
         self._mtus: dict[int, int] = {}
         self._stop = threading.Event()

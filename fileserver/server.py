@@ -55,7 +55,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
 
     handler = StaticHandler(resolver, memcache, stats, autoindex=config.autoindex)
     runner = web.AppRunner(
-        make_app(handler),
+        make_app(handler, config),
         access_log=log.getChild("access") if config.access_log else None,
         access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=config.shutdown_timeout,

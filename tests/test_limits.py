@@ -129,3 +129,21 @@ def test_capabilities_dropped_after_start(netns: NetNS, site: Path, server_facto
     assert "capabilities dropped" in srv.log()
     assert srv.stop() == 0
     assert "fileserver" not in netns.run("tc", "filter", "show", "dev", "lo", "ingress").stdout  # still detaches
+
+
+def test_configured_limits_and_keepalive_timeout(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = server_factory(site, "--hot-after", "0", "--keepalive-timeout", "1", "--max-url-length", "100",
+                         "--max-header-size", "200", "--max-headers", "5")
+    c = RawClient(netns)
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # kernel
+    assert c.get("/nope").startswith(b"HTTP/1.1 404")  # userspace owns the connection now
+    time.sleep(2.5)  # idle longer than the keep-alive timeout: the server closes it
+    c.sock.settimeout(2)
+    assert c.sock.recv(100) == b""
+    for request in (b"GET /" + b"a" * 150 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 300 + b"\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(10)) + b"\r\n"):
+        c = RawClient(netns)
+        c.send(request)
+        assert c.read_response(head_only=True).split(b" ")[1] in (b"400", b"414", b"431"), request[:40]
+    assert srv.user_hits() == 1  # the parser refused them before any handler ran
