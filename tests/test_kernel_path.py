@@ -442,3 +442,15 @@ def test_wrk_and_ab_keepalive_zero_errors(netns: NetNS, site: Path, server_facto
     # ab -k speaks HTTP/1.0 with keep-alive: userspace answers it for now (counted as http10)
     assert srv.metrics()["fileserver_kernel_passes_total{reason=http10}"] >= 1
     assert_no_tcp_trouble(netns, resets_allowed=True)
+
+
+def test_ipv6_passes_untouched(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """IPv6 is not answered in the kernel yet: it must reach userspace intact, next to IPv4 hits."""
+    srv = server_factory(site, "--hot-after", "0", "--bind", "::")
+    for _ in range(3):
+        out = netns.run("curl", "-s", "-6", "http://[::1]:8080/hot.txt").stdout
+        assert out.encode() == SITE_FILES["hot.txt"]
+        big = netns.run("curl", "-s", "-6", "-o", "/dev/null", "-w", "%{size_download}", "http://[::1]:8080/big.bin").stdout
+        assert int(big) == len(SITE_FILES["big.bin"])
+    assert srv.user_hits() == 6 and srv.kernel_hits() == 0
+    assert srv.metrics()["fileserver_conn_state_entries"] == 0  # the programs never tracked them
