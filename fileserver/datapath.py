@@ -17,7 +17,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fileserver.reasons import KernelError, PassReason
@@ -105,16 +105,18 @@ def _summarise(log_text: str) -> str:
 
 @dataclass
 class Counters:
-    hits: int
-    hit_bytes: int
-    retransmits: int
-    xlate_in: int
-    xlate_out: int
-    csum_partial: int
-    csum_full: int
-    sack_blanked: int
-    passes: dict[str, int]
-    errors: dict[str, int]
+    """The per-CPU counters map summed over CPUs: read once per scrape or snapshot."""
+
+    hits: int = 0
+    hit_bytes: int = 0
+    retransmits: int = 0
+    xlate_in: int = 0
+    xlate_out: int = 0
+    csum_partial: int = 0
+    csum_full: int = 0
+    sack_blanked: int = 0
+    passes: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class Datapath:

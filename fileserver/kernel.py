@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fileserver.config import Config
+from fileserver.datapath import Counters
 from fileserver.handlers import DateCache
 from fileserver.privileges import drop_capabilities
 from fileserver.resolve import Resolver
@@ -45,14 +46,8 @@ class KernelPath:
     def on_user_served(self, path: str, snap: Snapshot) -> None:
         pass
 
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def pass_counts(self) -> dict[str, int]:
-        return {}
-
-    def error_counts(self) -> dict[str, int]:
-        return {}
+    def counters(self) -> Counters:
+        return Counters()
 
     def cache_stats(self) -> dict[str, int]:
         return {}
@@ -173,24 +168,8 @@ class ActiveKernelPath(KernelPath):
     def on_user_served(self, path: str, snap: Snapshot) -> None:
         self.cache.on_user_served(path, snap)
 
-    def counters(self) -> dict[str, int]:
-        c = self.dp.counters()
-        return {
-            "hits": c.hits,
-            "hit_bytes": c.hit_bytes,
-            "retransmits": c.retransmits,
-            "xlate_in": c.xlate_in,
-            "xlate_out": c.xlate_out,
-            "csum_partial": c.csum_partial,
-            "csum_full": c.csum_full,
-            "sack_blanked": c.sack_blanked,
-        }
-
-    def pass_counts(self) -> dict[str, int]:
-        return self.dp.counters().passes
-
-    def error_counts(self) -> dict[str, int]:
-        return self.dp.counters().errors
+    def counters(self) -> Counters:
+        return self.dp.counters()
 
     def cache_stats(self) -> dict[str, int]:
         return dataclasses.asdict(self.cache.stats)

@@ -37,42 +37,42 @@ class FileserverCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         k = self.kernel.counters()
         requests = CounterMetricFamily("fileserver_requests", "HTTP requests answered, by path", labels=["path"])
-        requests.add_metric(["kernel"], k.get("hits", 0))
+        requests.add_metric(["kernel"], k.hits)
         requests.add_metric(["user"], self.stats.requests)
         yield requests
         resp_bytes = CounterMetricFamily(
             "fileserver_response_bytes", "Response bytes sent (headers and body), by path", labels=["path"]
         )
-        resp_bytes.add_metric(["kernel"], k.get("hit_bytes", 0))
+        resp_bytes.add_metric(["kernel"], k.hit_bytes)
         resp_bytes.add_metric(["user"], self.stats.response_bytes)
         yield resp_bytes
 
         passes = CounterMetricFamily(
             "fileserver_kernel_passes", "Requests the kernel passed to userspace, by reason", labels=["reason"]
         )
-        for reason, value in self.kernel.pass_counts().items():
+        for reason, value in k.passes.items():
             passes.add_metric([reason], value)
         yield passes
         errors = CounterMetricFamily("fileserver_kernel_errors", "Kernel path errors, by kind", labels=["kind"])
-        for kind, value in self.kernel.error_counts().items():
+        for kind, value in k.errors.items():
             errors.add_metric([kind], value)
         yield errors
         yield CounterMetricFamily(
             "fileserver_kernel_retransmits",
             "Lost kernel answers answered again after the client retransmitted the request",
-            value=k.get("retransmits", 0),
+            value=k.retransmits,
         )
         xlate = CounterMetricFamily(
             "fileserver_kernel_translated_segments", "Segments whose sequence numbers were translated", labels=["direction"]
         )
-        xlate.add_metric(["in"], k.get("xlate_in", 0))
-        xlate.add_metric(["out"], k.get("xlate_out", 0))
+        xlate.add_metric(["in"], k.xlate_in)
+        xlate.add_metric(["out"], k.xlate_out)
         yield xlate
         csum = CounterMetricFamily(
             "fileserver_kernel_checksums", "Kernel answers by checksum mode", labels=["mode"]
         )
-        csum.add_metric(["offload"], k.get("csum_partial", 0))
-        csum.add_metric(["full"], k.get("csum_full", 0))
+        csum.add_metric(["offload"], k.csum_partial)
+        csum.add_metric(["full"], k.csum_full)
         yield csum
 
         enabled = GaugeMetricFamily(
