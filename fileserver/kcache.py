@@ -176,7 +176,8 @@ class KernelCache:
         log.debug("kernel cache: %s %s (%d bytes, class %d)", cause, url_path, len(response), cls)
         return True
 
-    def drop(self, url_path: str) -> None:
+    def drop(self, url_path: str, evicted: bool = False) -> None:
+        """Remove an entry: its file is gone or ineligible, or (evicted) to make room."""
         with self._lock:
             entry = self.entries.pop(url_path, None)
             if entry is None:
@@ -185,8 +186,11 @@ class KernelCache:
             self.dp.delete_body(entry.cls, entry.body_id)
             self.stats.bytes -= entry.size
             self.stats.entries = len(self.entries)
-            self.stats.updates_deleted += 1
-        log.debug("kernel cache: dropped %s", url_path)
+            if evicted:
+                self.stats.evictions += 1
+            else:
+                self.stats.updates_deleted += 1
+        log.debug("kernel cache: %s %s", "evicted" if evicted else "dropped", url_path)
 
     def _evict_one(self) -> None:
         kernel_hits = self.dp.entry_hits()
@@ -194,9 +198,7 @@ class KernelCache:
             self.entries.values(),
             key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, (0, 0))[1]),
         )
-        self.drop(victim.url_path)
-        self.stats.updates_deleted -= 1
-        self.stats.evictions += 1
+        self.drop(victim.url_path, evicted=True)
 
     def clear(self) -> None:
         with self._lock:
