@@ -72,7 +72,7 @@ class NetNS:
             try:
                 yield
             finally:
-                os.setns(original.fileno(), os.CLONE_NEWNET) if hasattr(os, "setns") else _setns_fd(original.fileno())
+                _setns_fd(original.fileno())
 
     def close(self) -> None:
         pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout.split()
