@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,23 +100,30 @@ def free_port() -> int:
 class Server:
     """The real CLI as a subprocess inside a namespace, with its log captured."""
 
-    def __init__(self, ns: NetNS, root: Path, *args: str, port: int = 8080, metrics_port: int = 9180,
-                 expect_kernel: bool | None = True, user: str | None = None) -> None:
+    def __init__(self, ns: NetNS, root: Path | None, *args: str, port: int = 8080, metrics_port: int = 9180,
+                 expect_kernel: bool | None = True, user: str | None = None, ambient_caps: str = "") -> None:
         self.ns = ns
         self.root = root
         self.port = port
         self.metrics_port = metrics_port
-        self.log_path = root.parent / f"server-{port}-{next(_counter)}.log"
+        # A temporary file, not next to the root: the root may be the repository's own www/.
+        self._log = tempfile.NamedTemporaryFile("w", prefix=f"fileserver-{port}-", suffix=".log", delete=False)
+        self.log_path = Path(self._log.name)
+        self._final_log: str | None = None
         self.args = [
-            sys.executable, "-m", "fileserver", "--root", str(root), "--port", str(port),
+            sys.executable, "-m", "fileserver", *(["--root", str(root)] if root else []), "--port", str(port),
             "--metrics-port", str(metrics_port), *args,
         ]
-        prefix = ["setpriv", f"--reuid={user}", "--regid=65534", "--clear-groups", "--inh-caps=-all"] if user else []
-        self._log = open(self.log_path, "w")
+        # As systemd runs the unit: an unprivileged user, with only the ambient capabilities given.
+        plus = ",".join("+" + c for c in ambient_caps.split(",")) if ambient_caps else ""
+        caps = [f"--inh-caps={plus}", f"--ambient-caps={plus}"] if plus else ["--inh-caps=-all"]
+        prefix = ["setpriv", f"--reuid={user}", "--regid=65534", "--clear-groups", *caps] if user else []
         self.proc = ns.popen(*prefix, *self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
         self._wait_ready(expect_kernel)
 
     def log(self) -> str:
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text()
 
     def _wait_ready(self, expect_kernel: bool | None, timeout: float = 60) -> None:
@@ -133,6 +141,29 @@ class Server:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{text}")
             time.sleep(0.1)
         raise AssertionError(f"server did not start within {timeout}s:\n{self.log()}")
+
+    def wait_log(self, *texts: str, timeout: float = 60) -> str:
+        """Wait until the log holds one of texts; return the one found."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            for text in texts:
+                if text in log:
+                    return text
+            time.sleep(0.1)
+        raise AssertionError(f"none of {texts} in the log within {timeout}s:\n{self.log()}")
+
+    def reload(self, timeout: float = 60) -> str:
+        """SIGHUP, then wait for the outcome line; returns the new part of the log."""
+        before = len(self.log())
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = self.log()[before:]
+            if any(t in new for t in ("fileserver: reloaded:", "reload failed", "reload: nothing changed")):
+                return new
+            time.sleep(0.1)
+        raise AssertionError(f"reload did not finish within {timeout}s:\n{self.log()}")
 
     def metrics(self) -> dict[str, float]:
         """Samples by `name{label=value,...}`."""
@@ -159,6 +190,9 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self._final_log is None:
+            self._final_log = self.log_path.read_text()
+            self.log_path.unlink(missing_ok=True)
         return self.proc.returncode
 
 
@@ -230,3 +264,7 @@ def split_response(resp: bytes) -> tuple[str, dict[str, str], bytes]:
 
 def without_date(resp: bytes) -> bytes:
     return re.sub(rb"Date: [^\r]*\r\n", b"Date: X\r\n", resp, count=1)
+
+
+def body_of(resp: bytes) -> bytes:
+    return split_response(resp)[2]

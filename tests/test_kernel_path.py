@@ -21,16 +21,13 @@ from tests.support import (
     NetNS,
     RawClient,
     Server,
+    body_of,
     nstat,
     require_tool,
     split_response,
     tc_filters,
     without_date,
 )
-
-
-def body_of(resp: bytes) -> bytes:
-    return split_response(resp)[2]
 
 
 def assert_no_tcp_trouble(ns: NetNS, resets_allowed: bool = False) -> None:
