@@ -26,8 +26,10 @@ install: setup
 	sed -e 's|@ROOT@|$(CURDIR)/www|g' -e 's|@BIN@|$(PREFIX)/bin/fileserver|g' -e 's|@REPO@|$(CURDIR)|g' \
 		systemd/fileserver.service \
 		> /etc/systemd/system/fileserver.service
+	[ -e /etc/fileserver.toml ] || sed -e 's|@ROOT@|$(CURDIR)/www|g' systemd/fileserver.toml > /etc/fileserver.toml
+	chmod 644 /etc/fileserver.toml
 	systemctl daemon-reload 2>/dev/null || true
-	@echo "installed $(PREFIX)/bin/fileserver and /etc/systemd/system/fileserver.service"
+	@echo "installed $(PREFIX)/bin/fileserver, /etc/systemd/system/fileserver.service and /etc/fileserver.toml"
 	@echo "start it with: systemctl enable --now fileserver"
 
 uninstall:

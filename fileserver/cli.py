@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
+import tomllib
 from pathlib import Path
 
 import click
@@ -29,7 +31,34 @@ def _envvar(name: str) -> str:
     return f"FILESERVER_{name}"
 
 
+def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """--config: a TOML file of option names and values, read as defaults (the command line and
+    FILESERVER_* variables override it). Read again on SIGHUP."""
+    if value is None:
+        return None
+    try:
+        with open(value, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {value}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise click.BadParameter(f"{value} is not valid TOML: {e}") from None
+    defaults = {key.replace("-", "_"): v for key, v in data.items()}
+    if "interface" in defaults:  # the option's name on the command line, its parameter's name here
+        v = defaults.pop("interface")
+        defaults["interfaces"] = [v] if isinstance(v, str) else v
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(set(defaults) - known - {"config"})
+    if unknown:
+        raise click.BadParameter(f"{value}: unknown setting(s) {', '.join(unknown)} (see fileserver --help)")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 @click.group(invoke_without_command=True, context_settings={"show_default": True})
+@click.option("-c", "--config", type=click.Path(path_type=Path, dir_okay=False), envvar=_envvar("CONFIG"),
+              is_eager=True, expose_value=False, callback=_read_config_file,
+              help="TOML file of settings (keys are the long option names); read again on SIGHUP.")
 @click.option("-d", "--root", type=click.Path(path_type=Path), default=Path("www"), envvar=_envvar("ROOT"), help="Document root.")
 @click.option("-p", "--port", type=int, default=8080, envvar=_envvar("PORT"), help="HTTP port.")
 @click.option("--bind", default="0.0.0.0", envvar=_envvar("BIND"), help="Address to listen on.")
@@ -47,6 +76,8 @@ def _envvar(name: str) -> str:
               help="Size of the kernel's connection table; connections beyond it are served by userspace.")
 @click.option("--keepalive-timeout", type=float, default=75.0, envvar=_envvar("KEEPALIVE_TIMEOUT"),
               help="Close idle keep-alive connections after this many seconds.")
+@click.option("--header-timeout", type=float, default=20.0, envvar=_envvar("HEADER_TIMEOUT"),
+              help="Close a connection whose request head is not complete after this many seconds (408).")
 @click.option("--max-url-length", type=int, default=8190, envvar=_envvar("MAX_URL_LENGTH"),
               help="Longest request line (400 beyond).")
 @click.option("--max-header-size", type=int, default=8190, envvar=_envvar("MAX_HEADER_SIZE"),
@@ -54,6 +85,9 @@ def _envvar(name: str) -> str:
 @click.option("--max-headers", type=int, default=128, envvar=_envvar("MAX_HEADERS"), help="Most header fields.")
 @click.option("--autoindex", is_flag=True, envvar=_envvar("AUTOINDEX"), help="List directories that have no index.html.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
+@click.option("--drop-all-capabilities", is_flag=True, envvar=_envvar("DROP_ALL_CAPABILITIES"),
+              help="After attaching, give up the permitted capabilities too: SIGHUP cannot then swap the BPF "
+                   "programs or change interfaces, and `fileserver detach` (ExecStopPost) removes the filters.")
 @click.option("-v", "--verbose", is_flag=True, envvar=_envvar("VERBOSE"), help="Debug logging, including the BPF verifier log on failure.")
 @click.version_option(__version__, prog_name="fileserver")
 @click.pass_context
@@ -64,35 +98,35 @@ def main(ctx: click.Context, **opts: object) -> None:
         return
     _setup_logging(bool(opts["verbose"]))
     try:
-        config = Config(
-            root=opts["root"],  # type: ignore[arg-type]
-            port=opts["port"],  # type: ignore[arg-type]
-            bind=opts["bind"],  # type: ignore[arg-type]
-            interfaces=tuple(opts["interfaces"]),  # type: ignore[arg-type]
-            kernel_cache=not opts["no_kernel_cache"],
-            metrics_port=opts["metrics_port"],  # type: ignore[arg-type]
-            metrics_bind=opts["metrics_bind"],  # type: ignore[arg-type]
-            hot_after=opts["hot_after"],  # type: ignore[arg-type]
-            max_kernel_file_size=opts["max_kernel_file_size"],  # type: ignore[arg-type]
-            kernel_cache_entries=opts["kernel_cache_entries"],  # type: ignore[arg-type]
-            kernel_connections=opts["kernel_connections"],  # type: ignore[arg-type]
-            keepalive_timeout=opts["keepalive_timeout"],  # type: ignore[arg-type]
-            max_url_length=opts["max_url_length"],  # type: ignore[arg-type]
-            max_header_size=opts["max_header_size"],  # type: ignore[arg-type]
-            max_headers=opts["max_headers"],  # type: ignore[arg-type]
-            autoindex=bool(opts["autoindex"]),
-            access_log=bool(opts["access_log"]),
-            verbose=bool(opts["verbose"]),
-        ).validated()
+        config = config_from_options(opts)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
     from fileserver.server import StartupError, serve
 
+    args = sys.argv[1:]
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reload=lambda: _reread(args)))
     except StartupError as e:
         raise click.ClickException(str(e)) from None
+
+
+def config_from_options(opts: dict[str, object]) -> Config:
+    """The validated Config for the main command's parameter values (ConfigError if they are wrong)."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values = {k: v for k, v in opts.items() if k in fields}
+    values["interfaces"] = tuple(opts["interfaces"])  # type: ignore[call-overload]
+    values["kernel_cache"] = not opts["no_kernel_cache"]
+    return Config(**values).validated()  # type: ignore[arg-type]
+
+
+def _reread(args: list[str]) -> Config:
+    """The configuration as a fresh start with the same arguments would see it now (SIGHUP)."""
+    try:
+        with main.make_context("fileserver", list(args), resilient_parsing=False) as ctx:
+            return config_from_options(ctx.params)
+    except click.ClickException as e:
+        raise ConfigError(e.format_message()) from None
 
 
 @main.command()

@@ -31,11 +31,13 @@ class Config:
     memory_cache_bytes: int = 64 * 1024 * 1024
     max_memory_file_size: int = 1024 * 1024
     keepalive_timeout: float = 75.0
+    header_timeout: float = 20.0
     max_url_length: int = 8190
     max_header_size: int = 8190
     max_headers: int = 128
     autoindex: bool = False
     access_log: bool = False
+    drop_all_capabilities: bool = False
     shutdown_timeout: float = 10.0
     verbose: bool = False
 
@@ -62,6 +64,8 @@ class Config:
             )
         if self.keepalive_timeout <= 0:
             raise ConfigError("--keepalive-timeout must be more than 0 seconds")
+        if self.header_timeout <= 0:
+            raise ConfigError("--header-timeout must be more than 0 seconds")
         for name, value in (("--max-url-length", self.max_url_length), ("--max-header-size", self.max_header_size),
                             ("--max-headers", self.max_headers)):
             if not 1 <= value <= 1 << 20:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import itertools
 import logging
 import os
 import re
@@ -119,16 +120,56 @@ class Counters:
     errors: dict[str, int] = field(default_factory=dict)
 
 
+# The maps bpf/maps.h declares (all but the per-build tail-call array `progs`).
+SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
+               "scratch", "answer_scratch")
+MAPS_SOURCE = BPF_DIR / "maps.c"
+# bcc's exported tables live in one process-wide registry keyed by name, and exporting a name again
+# keeps the first (closed) entry: every map set after the first in a process gets its own names.
+_map_sets = itertools.count()
+
+
+def _rename_maps(text: str, suffix: str) -> str:
+    if not suffix:
+        return text
+    return re.sub(r"\b(" + "|".join(SHARED_MAPS) + r")\b", rf"\1{suffix}", text)
+
+
+def _compile(text: str, cflags: list[str], verbose: bool) -> object:
+    from bcc import BPF  # type: ignore[import-not-found]
+
+    with _captured_stderr() as out:
+        try:
+            bpf = BPF(text=text.encode(), cflags=cflags)
+        except Exception:
+            bpf = None
+    if bpf is None:
+        detail = out[0] if out else ""
+        if verbose:
+            log.debug("bcc compiler output:\n%s", detail)
+        raise DatapathError(
+            f"bcc could not compile the BPF program ({_summarise(detail)}); kernel headers missing? run `make setup`"
+        )
+    return bpf
+
+
 class Datapath:
-    """Loaded programs and their maps. Close it to release them (the filters are tc.py's job)."""
+    """Loaded programs and their maps. Close it to release them (the filters are tc.py's job).
+
+    The maps are built once (bpf/maps.c) and shared by every build of the programs: `rebuilt`
+    compiles and loads a new build over the same maps for a reload, and hands the maps to it.
+    """
 
     def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE,
-                 connections: int = 65536, limits: tuple[int, int, int] = (8190, 8190, 128)) -> None:
+                 connections: int = 65536, limits: tuple[int, int, int] = (8190, 8190, 128),
+                 maps: object | None = None, map_suffix: str | None = None) -> None:
         """limits: userspace's (max request line, max header line, max header count)."""
         try:
             from bcc import BPF  # type: ignore[import-not-found]
         except ImportError as e:
             raise DatapathError(f"bcc is not installed ({e}): run `make setup` (Debian package python3-bpfcc)") from None
+        self.port, self.cache_entries, self.connections, self.verbose = port, cache_entries, connections, verbose
+        self.source, self.limits = source, limits
         cflags = [
             f"-DSERVER_PORT={port}",
             f"-DCACHE_ENTRIES={cache_entries}",
@@ -141,27 +182,27 @@ class Datapath:
             "-Wno-compare-distinct-pointer-types",
             "-Wno-incompatible-pointer-types-discards-qualifiers",
         ]
-        text = expand_source(source)
         t0 = time.monotonic()
-        with _captured_stderr() as out:
-            try:
-                self.bpf = BPF(text=text.encode(), cflags=cflags)
-            except Exception:
-                self.bpf = None
-        if self.bpf is None:
-            detail = out[0] if out else ""
-            if verbose:
-                log.debug("bcc compiler output:\n%s", detail)
-            raise DatapathError(
-                f"bcc could not compile the BPF program ({_summarise(detail)}); kernel headers missing? run `make setup`"
-            )
+        self.bpf = None
+        borrowed = maps is not None  # a failed rebuild must leave the maps to the running build
+        if maps is None:
+            n = next(_map_sets)
+            map_suffix = f"_{n}" if n else ""
+            maps = _compile(_rename_maps(expand_source(MAPS_SOURCE), map_suffix), cflags, verbose)
+        self.maps: object | None = maps
+        self.map_suffix = map_suffix or ""
+        try:
+            self.bpf = _compile(_rename_maps(expand_source(source), self.map_suffix), cflags, verbose)
+        except DatapathError:
+            self._close_after_failure(borrowed)
+            raise
         self.programs: dict[str, object] = {}
         names = ["fs_ingress", "fs_egress"] + [f"fs_parse{i}" for i in range(PARSE_STAGES)]
         names += [f"fs_send{i}" for i in range(len(BODY_MAPS))]
         for name in names:
             with _captured_stderr() as out:
                 try:
-                    self.programs[name] = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)
+                    self.programs[name] = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)  # type: ignore[attr-defined]
                     err = None
                 except Exception as e:
                     err = e
@@ -169,33 +210,52 @@ class Datapath:
                 detail = out[0] if out else ""
                 if verbose:
                     log.debug("verifier log for %s:\n%s", name, detail)
-                self.close()
+                self._close_after_failure(borrowed)
                 if isinstance(err, PermissionError) or "Operation not permitted" in str(err):
                     raise DatapathError("not allowed to load BPF programs: run as root (or with CAP_BPF and CAP_NET_ADMIN)")
                 raise DatapathError(f"the kernel rejected BPF program {name}: {_summarise(detail)} (run with -v for the verifier log)")
-        progs = self.bpf[b"progs"]
+        progs = self.bpf[b"progs"]  # type: ignore[index]
         for i in range(PARSE_STAGES):
             progs[ct.c_int(i)] = ct.c_int(self.programs[f"fs_parse{i}"].fd)  # type: ignore[attr-defined]
         for i in range(len(BODY_MAPS)):
             progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
-        self.file_cache = self.bpf[b"file_cache"]
-        self.bodies = [self.bpf[name.encode()] for name in BODY_MAPS]
+        self.file_cache = self._map("file_cache")
+        self.bodies = [self._map(name) for name in BODY_MAPS]
         self.class_sizes = [ct.sizeof(m.Leaf) - BODY_HEADER - NM_REGION for m in self.bodies]
-        self.conn_state = self.bpf[b"conn_state"]
+        self.conn_state = self._map("conn_state")
         self.conn_capacity = int(self.conn_state.max_entries)
-        self.counters_map = self.bpf[b"counters"]
-        self.clock = self.bpf[b"clock"]
-        self.if_max_frame = self.bpf[b"if_max_frame"]
-        self.if_stats = self.bpf[b"if_stats"]
+        self.counters_map = self._map("counters")
+        self.clock = self._map("clock")
+        self.if_max_frame = self._map("if_max_frame")
+        self.if_stats = self._map("if_stats")
         self.if_stats_size = int(self.if_stats.max_entries)
         log.debug("BPF programs compiled and loaded in %.1f s", time.monotonic() - t0)
+
+    def _map(self, name: str):  # type: ignore[no-untyped-def]
+        return self.maps[(name + self.map_suffix).encode()]  # type: ignore[index]
+
+    def rebuilt(self, limits: tuple[int, int, int]) -> "Datapath":
+        """A new build of the programs (with these limits) over the same maps. The maps pass to it:
+        close this one once no filter points at its programs any more."""
+        new = Datapath(self.port, self.cache_entries, self.verbose, self.source, self.connections, limits,
+                       maps=self.maps, map_suffix=self.map_suffix)
+        self.maps = None
+        return new
 
     # -- lifetime ---------------------------------------------------------------------------------
 
     def close(self) -> None:
         if self.bpf is not None:
-            self.bpf.cleanup()
+            self.bpf.cleanup()  # type: ignore[attr-defined]
             self.bpf = None
+        if self.maps is not None:
+            self.maps.cleanup()  # type: ignore[attr-defined]
+            self.maps = None
+
+    def _close_after_failure(self, borrowed: bool) -> None:
+        if borrowed:
+            self.maps = None
+        self.close()
 
     def fd(self, name: str) -> int:
         return self.programs[name].fd  # type: ignore[attr-defined,no-any-return]

@@ -64,6 +64,7 @@ class UserStats:
     def __init__(self) -> None:
         self.requests = 0
         self.response_bytes = 0
+        self.header_timeouts = 0  # connections closed for a request head that did not arrive in time
 
 
 class StaticHandler:
@@ -84,7 +85,7 @@ class StaticHandler:
         self.latency: LatencyObserver | None = None
         self.dates = DateCache()
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.perf_counter()
         self.stats.requests += 1
         response = self._respond(request)
@@ -103,7 +104,7 @@ class StaticHandler:
             headers[k] = v
         return web.Response(status=status, body=body, headers=headers)
 
-    def _respond(self, request: web.Request) -> web.StreamResponse:
+    def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return self._simple(405, "405: Method Not Allowed\n", [("Allow", ALLOWED_METHODS)])
         raw_path = request.raw_path
@@ -124,7 +125,7 @@ class StaticHandler:
             return self._simple(403, "403: Forbidden\n")
         return self._simple(404, "404: Not Found\n")
 
-    def _file(self, request: web.Request, raw_path: str, path: Path) -> web.StreamResponse:
+    def _file(self, request: web.BaseRequest, raw_path: str, path: Path) -> web.StreamResponse:
         try:
             snap = self.memcache.get(path)
             v = snap.validators if snap is not None else Validators.from_stat(os.stat(path))

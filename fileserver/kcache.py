@@ -200,6 +200,20 @@ class KernelCache:
         )
         self.drop(victim.url_path, evicted=True)
 
+    def reconfigure(self, resolver: Resolver, config: Config) -> None:
+        """A reload changed the root or the hot policy: start over from the new ones (the kernel
+        misses, and userspace answers, until files are pushed again)."""
+        with self._lock:
+            self.clear()
+            self._hits.clear()
+            self.resolver, self.config = resolver, config
+        self.fill()
+
+    def fill(self) -> None:
+        """--hot-after 0 means every eligible file at once; otherwise files come as they get hot."""
+        if self.config.hot_after == 0:
+            log.info("pushed %d files into the kernel cache", self.preload())
+
     def clear(self) -> None:
         with self._lock:
             for url in list(self.entries):

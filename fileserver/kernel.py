@@ -8,6 +8,7 @@ Any failure to start leaves userspace serving and is reported as one reason stri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fileserver.config import Config
-from fileserver.datapath import Counters
+from fileserver.datapath import Counters, Datapath
 from fileserver.handlers import DateCache
-from fileserver.privileges import drop_capabilities
+from fileserver.privileges import CAP_NET_ADMIN, KERNEL_PATH_CAPS, drop_capabilities, permitted, raised
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache, Snapshot
 
@@ -61,8 +62,17 @@ class KernelPath:
     def hot_files(self, n: int = 10) -> list[dict[str, object]]:
         return []
 
+    def reconfigure(self, config: Config, resolver: Resolver) -> Config:
+        """Apply a reloaded configuration; return it as applied (a disabled path applies nothing)."""
+        return config
+
     def stop(self) -> None:
         pass
+
+
+def limits(config: Config) -> tuple[int, int, int]:
+    """The userspace parser limits the BPF parser is compiled with (it must never accept more)."""
+    return (config.max_url_length, config.max_header_size, config.max_headers)
 
 
 class ActiveKernelPath(KernelPath):
@@ -74,22 +84,18 @@ class ActiveKernelPath(KernelPath):
         self.config = config
         self.dates = DateCache()
         self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose,
-                           connections=config.kernel_connections,
-                           limits=(config.max_url_length, config.max_header_size, config.max_headers))
+                           connections=config.kernel_connections, limits=limits(config))
         self.attachments: list[tc.Attachment] = []
         self._mtus: dict[int, int] = {}
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the maintenance thread against a reload
         try:
             self.dp.refresh_clock(self.dates.now())
             self._refresh_mtus()
-            fds = {"ingress": self.dp.fd("fs_ingress"), "egress": self.dp.fd("fs_egress")}
             for ifname in config.interfaces:
-                self.attachments.append(tc.attach(ifname, config.port, fds))
-                self.interfaces.append(ifname)
+                self._attach(ifname)
             self.cache = KernelCache(self.dp, resolver, memcache, config, self.dates.now)
-            if config.hot_after == 0:
-                n = self.cache.preload()
-                log.info("pushed %d files into the kernel cache", n)
+            self.cache.fill()
             self.root = str(resolver.root)
         except BaseException:
             self._teardown()
@@ -98,12 +104,24 @@ class ActiveKernelPath(KernelPath):
     def run(self) -> None:
         """Start the threads (after privileges are dropped, so that they never hold any; watchdog
         starts its inotify reader thread as soon as a watch is scheduled)."""
+        self._start_watcher()
+        self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
+        self._thread.start()
+
+    def _start_watcher(self) -> None:
         from fileserver.watcher import RootWatcher
 
         self.watcher = RootWatcher(self.root, self.cache.on_paths_changed)
         self.watcher.startup()
-        self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
-        self._thread.start()
+
+    def _fds(self) -> dict[str, int]:
+        return {"ingress": self.dp.fd("fs_ingress"), "egress": self.dp.fd("fs_egress")}
+
+    def _attach(self, ifname: str) -> None:
+        from fileserver import tc
+
+        self.attachments.append(tc.attach(ifname, self.config.port, self._fds()))
+        self.interfaces.append(ifname)
 
     def _refresh_mtus(self) -> None:
         """Largest frame per interface: bpf_skb_change_tail does not check the MTU and veth drops
@@ -130,9 +148,10 @@ class ActiveKernelPath(KernelPath):
         last_gc = time.monotonic()
         while not self._stop.is_set():
             try:
-                self.dp.refresh_clock(self.dates.now())
-                self._refresh_mtus()
-                self.cache.sweep()
+                self.dp.refresh_clock(self.dates.now())  # the heartbeat first, even during a reload
+                with self._lock:
+                    self._refresh_mtus()
+                    self.cache.sweep()
                 if time.monotonic() - last_gc > GC_INTERVAL_S:
                     last_gc = time.monotonic()
                     removed = self.dp.gc_connections(self.config.port)
@@ -149,11 +168,18 @@ class ActiveKernelPath(KernelPath):
         watcher = getattr(self, "watcher", None)
         if watcher is not None and hasattr(self, "_thread"):
             watcher.shutdown()
-        for att in self.attachments:
-            try:
-                tc.detach(att)
-            except Exception as e:  # keep going: detach what we can
-                log.error("could not detach from %s: %s (run `fileserver detach -i %s -p %d`)", att.ifname, e, att.ifname, att.port)
+        if self.attachments and not permitted(frozenset({CAP_NET_ADMIN})):
+            log.info("leaving the TC filters to `fileserver detach` (capabilities dropped); they pass all "
+                     "traffic once the heartbeat stops")
+            self.attachments.clear()
+        with contextlib.ExitStack() as privileges:
+            if self.attachments:
+                privileges.enter_context(raised(frozenset({CAP_NET_ADMIN})))
+            for att in self.attachments:
+                try:
+                    tc.detach(att)
+                except Exception as e:  # keep going: detach what we can
+                    log.error("could not detach from %s: %s (run `fileserver detach -i %s -p %d`)", att.ifname, e, att.ifname, att.port)
         self.attachments.clear()
         self.dp.close()
 
@@ -162,6 +188,72 @@ class ActiveKernelPath(KernelPath):
         if hasattr(self, "_thread"):
             self._thread.join(timeout=5)
         self._teardown()
+
+    # -- reload -----------------------------------------------------------------------------------
+
+    def reconfigure(self, config: Config, resolver: Resolver) -> Config:
+        """SIGHUP: swap the programs in place if the parser limits changed, attach to new interfaces
+        and detach from dropped ones, and refill the cache for a new root or hot policy. Runs in a
+        worker thread. Returns the configuration applied: without capabilities the limits and
+        interfaces stay as they were (userspace must keep the limits the kernel enforces)."""
+        from fileserver import tc
+
+        old = self.config
+        swap = limits(config) != limits(old)
+        added = [i for i in config.interfaces if i not in old.interfaces]
+        removed = [a for a in self.attachments if a.ifname not in config.interfaces]
+        if (swap or added or removed) and not permitted(KERNEL_PATH_CAPS):
+            log.warning("reload: parser limits and interfaces need the capabilities given up by "
+                        "--drop-all-capabilities; keeping them as they were (restart to change them)")
+            config = dataclasses.replace(config, interfaces=old.interfaces, max_url_length=old.max_url_length,
+                                         max_header_size=old.max_header_size, max_headers=old.max_headers)
+            swap, added, removed = False, [], []
+        built = None
+        if swap:
+            t0 = time.monotonic()
+            with raised(KERNEL_PATH_CAPS):  # compiling takes seconds: outside the lock, the heartbeat goes on
+                built = self.dp.rebuilt(limits(config))
+            log.info("reload: BPF programs rebuilt in %.1f s", time.monotonic() - t0)
+        with self._lock:
+            if built or added or removed:
+                with raised(KERNEL_PATH_CAPS):
+                    if built:
+                        self._swap_programs(built)
+                    for att in removed:
+                        tc.detach(att)
+                        self.attachments.remove(att)
+                        self.interfaces.remove(att.ifname)
+                    self.config = dataclasses.replace(self.config, interfaces=config.interfaces)
+                    for ifname in added:
+                        self._attach(ifname)
+            self.config = config
+            self._mtus.clear()
+            self._refresh_mtus()
+            if config.root != old.root or config.hot_after != old.hot_after \
+                    or config.max_kernel_file_size != old.max_kernel_file_size:
+                self.cache.reconfigure(resolver, config)
+            else:
+                self.cache.config = config
+        if config.root != old.root:
+            self.watcher.shutdown()
+            self.root = str(resolver.root)
+            self._start_watcher()
+        return config
+
+    def _swap_programs(self, new: Datapath) -> None:
+        """Point every filter at a new build of the programs, in place (RTM_NEWTFILTER on the
+        existing handle: the kernel swaps the program under RCU, so each packet meets the old or
+        the new program, never none). Cached files and connection state live in the shared maps
+        and carry over. The old build is closed once no filter uses it."""
+        from fileserver import tc
+
+        fds = {"ingress": new.fd("fs_ingress"), "egress": new.fd("fs_egress")}
+        for att in self.attachments:
+            tc.replace(att, fds)
+        old, self.dp = self.dp, new
+        self.cache.dp = new
+        old.close()
+        log.info("reload: filters on %s now run the new programs", ", ".join(self.interfaces))
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -203,10 +295,10 @@ def _privilege_problem() -> str | None:
     return None
 
 
-def _drop_everywhere(loop: asyncio.AbstractEventLoop) -> None:
+def _drop_everywhere(loop: asyncio.AbstractEventLoop, keep: frozenset[int]) -> None:
     """Drop capabilities in this (the event loop's) thread and retire the default executor, whose
     threads may predate the drop (getaddrinfo for the listening socket runs there)."""
-    drop_capabilities()
+    drop_capabilities(keep)
     old = getattr(loop, "_default_executor", None)
     loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="fileserver-io"))
     if old is not None:
@@ -230,6 +322,7 @@ async def start_kernel_path(config: Config, resolver: Resolver, memcache: Memory
         # thread exists that could keep them.
         loop = asyncio.get_running_loop()
         privileged = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fileserver-load")
+        kernel = KernelPath("start-up was interrupted")
         try:
             kernel = await loop.run_in_executor(privileged, ActiveKernelPath, config, resolver, memcache)
         except (DatapathError, TcError) as e:
@@ -238,12 +331,21 @@ async def start_kernel_path(config: Config, resolver: Resolver, memcache: Memory
             log.debug("kernel path start-up failed", exc_info=True)
             kernel = KernelPath(f"{type(e).__name__}: {e}")
         finally:
-            await loop.run_in_executor(privileged, drop_capabilities)
+            # Nothing is effective from here on. The kernel path's three capabilities stay permitted
+            # (raised for a reload or the detach at stop) unless the user gave them up too.
+            active = isinstance(kernel, ActiveKernelPath) and not config.drop_all_capabilities
+            keep = KERNEL_PATH_CAPS if active else frozenset()
+            await loop.run_in_executor(privileged, drop_capabilities, keep)
             privileged.shutdown(wait=True)
-        _drop_everywhere(loop)
+        _drop_everywhere(loop, keep)
         if isinstance(kernel, ActiveKernelPath):
             kernel.run()
-            log.info("capabilities dropped after attaching: only CAP_NET_ADMIN kept, to detach at stop")
+            if keep:
+                log.info("capabilities dropped after attaching: none effective; CAP_BPF, CAP_NET_ADMIN and "
+                         "CAP_PERFMON stay permitted for a SIGHUP reload and the detach at stop")
+            else:
+                log.info("all capabilities dropped after attaching (--drop-all-capabilities): "
+                         "`fileserver detach` removes the filters after stop")
     if not kernel.enabled:
         log.warning("kernel path off: %s; serving from userspace only", kernel.off_reason)
     try:

@@ -46,6 +46,11 @@ class FileserverCollector(Collector):
         resp_bytes.add_metric(["kernel"], k.hit_bytes)
         resp_bytes.add_metric(["user"], self.stats.response_bytes)
         yield resp_bytes
+        yield CounterMetricFamily(
+            "fileserver_header_timeouts",
+            "Connections closed because a request head did not arrive within --header-timeout",
+            value=self.stats.header_timeouts,
+        )
 
         passes = CounterMetricFamily(
             "fileserver_kernel_passes", "Requests the kernel passed to userspace, by reason", labels=["reason"]

@@ -6,13 +6,17 @@ import asyncio
 import errno
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import fields, replace
 
 from aiohttp import web
 
-from fileserver.app import make_app
-from fileserver.config import Config
+from fileserver.app import HttpServer
+from fileserver.config import Config, ConfigError
 from fileserver.handlers import StaticHandler, UserStats
+from fileserver.kernel import KernelPath, start_kernel_path
+from fileserver.kernel import limits as kernel_limits
 from fileserver.portinfo import who_listens
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache
@@ -26,7 +30,7 @@ class StartupError(RuntimeError):
     """The server cannot start; the message says why and what to do."""
 
 
-async def _start_site(runner: web.AppRunner, host: str, port: int, what: str) -> None:
+async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()
@@ -43,7 +47,15 @@ async def _start_site(runner: web.AppRunner, host: str, port: int, what: str) ->
         raise
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+# What a SIGHUP reload can change; everything else needs a restart (sockets, table sizes, ...).
+RELOADABLE = frozenset({
+    "root", "interfaces", "hot_after", "max_kernel_file_size", "keepalive_timeout", "header_timeout",
+    "max_url_length", "max_header_size", "max_headers", "autoindex",
+})
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None,
+                reload: Callable[[], Config] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,20 +66,18 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     resolver = Resolver(config.root)
 
     handler = StaticHandler(resolver, memcache, stats, autoindex=config.autoindex)
-    runner = web.AppRunner(
-        make_app(handler, config),
+    http = HttpServer(
+        handler,
+        config,
         access_log=log.getChild("access") if config.access_log else None,
         access_log_format=ACCESS_LOG_FORMAT,
-        shutdown_timeout=config.shutdown_timeout,
-        handle_signals=False,
     )
+    runner = web.ServerRunner(http, shutdown_timeout=config.shutdown_timeout, handle_signals=False)
     await runner.setup()
     async with AsyncExitStack() as stack:
         try:
             # Listen first: a port in use must fail before any TC filter is touched.
             await _start_site(runner, config.bind, config.port, "HTTP")
-            from fileserver.kernel import start_kernel_path  # imported late: pulls in bcc only when needed
-
             kernel = await stack.enter_async_context(start_kernel_path(config, resolver, memcache))
         except BaseException:
             await runner.cleanup()
@@ -93,6 +103,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             kernel.describe(),
             f"http://{config.metrics_bind}:{config.metrics_port}/metrics" if config.metrics_port else "off",
         )
+        if reload is not None:
+            reloader = _Reloader(config, reload, handler, http, kernel)
+            loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -100,6 +113,64 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     log.info("stopped")
 
 
-async def _linger_after(runner: web.AppRunner) -> None:
+class _Reloader:
+    """SIGHUP: read the configuration again and apply what can change without dropping a
+    connection. One reload at a time; a signal during one runs another after it."""
+
+    def __init__(self, config: Config, read: Callable[[], Config], handler: StaticHandler, http: HttpServer,
+                 kernel: KernelPath) -> None:
+        self.config, self.read, self.handler, self.http, self.kernel = config, read, handler, http, kernel
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def trigger(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            log.info("SIGHUP: reloading the configuration")
+            try:
+                new = await loop.run_in_executor(None, self.read)
+            except ConfigError as e:
+                log.error("reload failed, still running the previous configuration: %s", e)
+                return
+            fixed = [f.name for f in fields(Config) if f.name not in RELOADABLE
+                     and getattr(new, f.name) != getattr(self.config, f.name)]
+            if fixed:
+                log.warning("reload: %s changed but only take(s) effect at a restart", ", ".join(fixed))
+                new = replace(new, **{name: getattr(self.config, name) for name in fixed})
+            changed = [f.name for f in fields(Config) if getattr(new, f.name) != getattr(self.config, f.name)]
+            if not changed:
+                log.info("reload: nothing changed")
+                return
+            resolver = Resolver(new.root) if new.root != self.config.root else self.handler.resolver
+            try:
+                # The kernel must never accept what userspace refuses: when a limit shrinks the
+                # kernel changes first, otherwise userspace does (connections already open keep
+                # the limits they were accepted with, as aiohttp builds their parser then).
+                kernel_first = _a_limit_shrinks(self.config, new)
+                if kernel_first:
+                    new = await loop.run_in_executor(None, self.kernel.reconfigure, new, resolver)
+                self.http.reconfigure(new)
+                self.handler.resolver, self.handler.autoindex = resolver, new.autoindex
+                if not kernel_first:
+                    new = await loop.run_in_executor(None, self.kernel.reconfigure, new, resolver)
+                    self.http.reconfigure(new)  # the kernel may have kept its limits
+            except Exception:
+                log.exception("reload failed part way; restart to get a known state")
+                return
+            self.config = new
+            log.info("reloaded: %s", ", ".join(changed))
+
+
+def _a_limit_shrinks(old: Config, new: Config) -> bool:
+    pairs = zip(kernel_limits(new), kernel_limits(old))
+    return any(n < o for n, o in pairs)
+
+
+async def _linger_after(runner: web.BaseRunner) -> None:
     await runner.cleanup()
     await asyncio.sleep(0.3)  # let the closing handshakes (FIN/ACK) pass through translation

@@ -116,6 +116,20 @@ def attach(ifname: str, port: int, fds: dict[str, int]) -> Attachment:
         return att
 
 
+def replace(att: Attachment, fds: dict[str, int]) -> None:
+    """Point our existing filters at new programs in place: `change` on the same parent, priority
+    and handle (it fails rather than add a filter if ours is gone). cls_bpf swaps the program
+    under RCU, so there is no moment without a filter."""
+    with IPRoute() as ipr:
+        for ref in att.filters:
+            direction = next(d for d, parent in HOOKS.items() if parent == ref.parent)
+            try:
+                ipr.tc("change-filter", "bpf", ref.ifindex, fd=fds[direction], name=ref.name, parent=ref.parent,
+                       prio=ref.prio, handle=ref.handle, direct_action=True)
+            except NetlinkError as e:
+                raise TcError(f"could not swap the programs of {ref.name} on {att.ifname}: {e}") from e
+
+
 def detach(att: Attachment) -> None:
     with IPRoute() as ipr:
         _detach(ipr, att)

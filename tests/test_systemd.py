@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import click
+import pytest
+
 from tests.support import REPO, require_tool
 
 
@@ -38,3 +41,18 @@ def test_unit_least_privilege(tmp_path: Path) -> None:
     assert settings["ProtectHome"] in ("yes", "read-only")
     assert settings["ReadOnlyPaths"] == str(REPO / "www")
     assert "detach" in settings["ExecStopPost"]
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+
+
+def test_shipped_config_file_loads(tmp_path: Path) -> None:
+    """The unit's settings file is what the CLI reads (and what SIGHUP reads again)."""
+    from fileserver.cli import config_from_options, main
+
+    conf = tmp_path / "fileserver.toml"
+    conf.write_text((REPO / "systemd" / "fileserver.toml").read_text().replace("@ROOT@", str(REPO / "www")))
+    with main.make_context("fileserver", ["--config", str(conf)]) as ctx:
+        config = config_from_options(ctx.params)
+    assert config.root == REPO / "www" and config.port == 8080 and config.interfaces == ("lo",)
+    conf.write_text('root = "www"\nno-such-setting = 1\n')
+    with pytest.raises(click.BadParameter, match="unknown setting"):
+        main.make_context("fileserver", ["--config", str(conf)])
