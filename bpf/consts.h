@@ -100,3 +100,31 @@
 #define CONN_USER 1             /* a request went to userspace: the connection stays there */
 #define CONN_ANSWERED 2         /* the kernel answered at least one request (last_* are valid) */
 #define CONN_WS_OK 4            /* window scaling negotiated (SYN and SYN-ACK both carried it) */
+#define CONN_CLOSING 8          /* the kernel's last answer ends the connection: userspace closes the socket */
+#define CONN_CLOSE_ACKED 16     /* ... and the client has acknowledged it (userspace was told) */
+
+/* Response variants: how aiohttp answers each form of request, reproduced byte for byte. The
+ * stored bytes are the first; the others differ in the status line's version digit and/or one
+ * header line added at the end of the head. */
+#define VAR_KEEP11 0            /* HTTP/1.1, keep-alive: the stored bytes */
+#define VAR_CLOSE11 1           /* HTTP/1.1 with "Connection: close": + "Connection: close\r\n"; then close */
+#define VAR_CLOSE10 2           /* HTTP/1.0: "HTTP/1.0" in the status line; then close */
+#define VAR_KEEP10 3            /* HTTP/1.0 with "Connection: keep-alive": "HTTP/1.0" + "Connection: keep-alive\r\n" */
+#define NR_VARIANTS 4
+#define VERSION_DIGIT_OFFSET 7  /* the '1' of "HTTP/1.1" in the status line */
+#define CLOSE_HDR_LEN 19        /* "Connection: close\r\n" */
+#define KEEP_HDR_LEN 24         /* "Connection: keep-alive\r\n" */
+/* Kinds of answer an entry holds, in body_hdr.vcsum's first index. */
+#define KIND_FULL 0
+#define KIND_HEAD 1
+#define KIND_NM 2
+#define NR_KINDS 3
+
+/* req_buf.conn_hdr */
+#define CONN_HDR_KEEP 1
+#define CONN_HDR_CLOSE 2
+
+/* close_events: what userspace hears about connections the kernel ended. */
+#define CLOSE_WANTED 1          /* answered with a closing variant: close once acknowledged (or soon) */
+#define CLOSE_NOW 2             /* the client acknowledged that answer: close the socket now */
+#define CLOSE_EVENTS_PAGES 16

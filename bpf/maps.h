@@ -48,6 +48,25 @@ FS_TABLE("percpu_array", int, struct req_buf, scratch, 1, 0);
 /* Handed from fs_ingress to the programs it tail-calls (same CPU, same softirq). */
 FS_TABLE("percpu_array", int, struct answer_ctx, answer_scratch, 1, 0);
 
+/* Connections the kernel ended with its answer (Connection: close, HTTP/1.0): userspace closes
+ * the server socket, whose FIN then follows the answer on the wire (DESIGN.md section 2). */
+#ifdef FS_MAPS_ONLY
+BPF_RINGBUF_OUTPUT(close_events, CLOSE_EVENTS_PAGES);
+__attribute__((section("maps/export"))) struct close_events_table_t __close_events;
+#else
+struct close_events_table_t {   /* bcc's BPF_RINGBUF_OUTPUT layout, as an extern table */
+    int key;
+    u32 leaf;
+    int (*ringbuf_output)(void *, u64, u64);
+    void *(*ringbuf_reserve)(u64);
+    void (*ringbuf_discard)(void *, u64);
+    void (*ringbuf_submit)(void *, u64);
+    u32 max_entries;
+};
+__attribute__((section("maps/extern"))) struct close_events_table_t close_events = {
+    .max_entries = CLOSE_EVENTS_PAGES * PAGE_SIZE};
+#endif
+
 #ifndef FS_MAPS_ONLY
 /* Tail-call targets of this build: the parse stages, then one sender per size class. */
 BPF_PROG_ARRAY(progs, PROG_SEND0 + NR_CLASSES);

@@ -113,6 +113,8 @@ static __always_inline __u8 lc(__u8 c) { return c | 0x20; }   /* letters only; o
  * HDR_* codes for headers the caller tracks. */
 #define HDR_INM (-6)     /* If-None-Match: the sender compares it with the entry's ETag */
 #define HDR_HOST (-7)    /* Host: llhttp requires exactly one in HTTP/1.1 */
+#define HDR_CONN_KEEP (-8)   /* Connection: keep-alive */
+#define HDR_CONN_CLOSE (-9)  /* Connection: close */
 #define INM_NAME_LEN 14  /* "If-None-Match:" */
 
 static __always_inline int classify_header(const __u8 *h)
@@ -131,12 +133,15 @@ static __always_inline int classify_header(const __u8 *h)
             return PASS_BODY;                               /* Content-Length, Content-Type, ... */
         if (lc(h[3]) == 'n' && lc(h[4]) == 'e' && lc(h[5]) == 'c' && lc(h[6]) == 't' && lc(h[7]) == 'i' &&
             lc(h[8]) == 'o' && lc(h[9]) == 'n' && h[10] == ':') {
-            /* "Connection: keep-alive" (what browsers send) changes nothing for HTTP/1.1; any other
-             * value (close, upgrade, several tokens, odd spacing) goes to userspace. */
+            /* "keep-alive" and "close" decide the answer's variant (llhttp reads them case-blind, as
+             * lc() does); any other value (upgrade, several tokens, odd spacing) goes to userspace. */
             if (h[11] == ' ' && lc(h[12]) == 'k' && lc(h[13]) == 'e' && lc(h[14]) == 'e' && lc(h[15]) == 'p' &&
                 h[16] == '-' && lc(h[17]) == 'a' && lc(h[18]) == 'l' && lc(h[19]) == 'i' && lc(h[20]) == 'v' &&
                 lc(h[21]) == 'e' && h[22] == '\r')
-                return GO_ON;
+                return HDR_CONN_KEEP;
+            if (h[11] == ' ' && lc(h[12]) == 'c' && lc(h[13]) == 'l' && lc(h[14]) == 'o' && lc(h[15]) == 's' &&
+                lc(h[16]) == 'e' && h[17] == '\r')
+                return HDR_CONN_CLOSE;
             return PASS_CLOSE;
         }
     }
@@ -179,7 +184,7 @@ enum {
 
 #define PARSE (-4)  /* not decided yet: scan the next window */
 
-/* Scan b[lo, hi) of the request as exactly one `GET|HEAD <path>[?query] HTTP/1.1` request with no body
+/* Scan b[lo, hi) of the request as exactly one `GET|HEAD <path>[?query] HTTP/1.x` request with no body
  * and nothing after it; the path goes to rb->key (zeroed by the caller). Returns GO_ON for such a
  * request, PARSE if it continues past hi, or a pass reason.
  * The caller writes a 0 at b[len]: the scan stops at that sentinel, so the loop never compares
@@ -231,8 +236,8 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
                     b[i + 6] != '1' || b[i + 7] != '.')
                     return len < i + 11 ? PASS_SPLIT : PASS_VERSION;
                 if (b[i + 8] == '0')
-                    return PASS_HTTP10;
-                if (b[i + 8] != '1')
+                    rb->http10 = 1;                 /* answered as aiohttp would: see VAR_* */
+                else if (b[i + 8] != '1')
                     return len < i + 11 ? PASS_SPLIT : PASS_VERSION;
                 if (b[i + 9] != '\r' || b[i + 10] != '\n')
                     return len < i + 11 ? PASS_SPLIT : PASS_MALFORMED;
@@ -262,8 +267,8 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
                     return i + 1 == len ? PASS_SPLIT : PASS_MALFORMED;
                 if (i + 2 != len)
                     return PASS_PIPELINED;
-                /* llhttp (aiohttp) rejects an HTTP/1.1 request without Host: so must we. */
-                return *(volatile __u32 *)&rb->host_seen ? GO_ON : PASS_MALFORMED;
+                /* llhttp (aiohttp) rejects an HTTP/1.1 request without Host (HTTP/1.0 needs none). */
+                return *(volatile __u32 *)&rb->host_seen || *(volatile __u32 *)&rb->http10 ? GO_ON : PASS_MALFORMED;
             }
             if (!is_tchar(c))
                 return PASS_MALFORMED;                      /* obs-fold, an empty name, ... */
@@ -278,6 +283,10 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
                 if (*(volatile __u32 *)&rb->host_seen)
                     return PASS_MALFORMED;                  /* llhttp rejects a duplicate Host */
                 rb->host_seen = 1;
+            } else if (r == HDR_CONN_KEEP || r == HDR_CONN_CLOSE) {
+                if (*(volatile __u32 *)&rb->conn_hdr)
+                    return PASS_CLOSE;                      /* two of them: llhttp's rules, not ours */
+                rb->conn_hdr = r == HDR_CONN_KEEP ? CONN_HDR_KEEP : CONN_HDR_CLOSE;
             } else if (r != GO_ON) {
                 return r;
             }

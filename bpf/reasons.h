@@ -5,7 +5,7 @@
 enum pass_reason {
     PASS_MISS = 0,          /* path not in file_cache */
     PASS_METHOD,            /* not GET */
-    PASS_HTTP10,            /* HTTP/1.0 */
+    PASS_CLOSING,           /* an earlier kernel answer ended the connection (Connection: close, HTTP/1.0) */
     PASS_VERSION,           /* not HTTP/1.x, or a malformed request line */
     PASS_CLOSE,             /* a Connection header (close, upgrade, ...) */
     PASS_RANGE,             /* Range header */
@@ -33,5 +33,6 @@ enum kernel_error {
     ERR_STORE,              /* bpf_skb_store_bytes failed after the skb was rewritten: dropped */
     ERR_CONN_FULL,          /* conn_state full: the connection is served by userspace */
     ERR_XLATE,              /* rewriting a sequence number failed */
+    ERR_CLOSE_LOST,         /* close_events was full: userspace closes that socket on a timer instead */
     NR_KERNEL_ERRORS,
 };

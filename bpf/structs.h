@@ -30,7 +30,10 @@ struct body_hdr {
     __u32 nm_csum;
     __u16 etag_off;         /* the ETag value, quotes included, inside the 304 bytes */
     __u16 etag_len;
-    __u32 pad;
+    /* Sums of the other variants (VAR_*, from 1) of each kind of answer (KIND_*), Date zeroed, at
+     * [kind * (NR_VARIANTS - 1) + variant - 1] (flat: bcc's Python types lose a second dimension). */
+    __u16 vcsum[NR_KINDS * (NR_VARIANTS - 1)];
+    __u16 pad;
 };
 
 #define BODY_STRUCT(n, size)                                                                        \
@@ -119,6 +122,8 @@ struct req_buf {
     __u32 host_seen;            /* a Host header was seen */
     __u32 headers;              /* header lines so far */
     __u32 line_start;           /* where the current line starts */
+    __u32 http10;               /* the request line said HTTP/1.0 */
+    __u32 conn_hdr;             /* Connection header: 0 none, CONN_HDR_KEEP or CONN_HDR_CLOSE */
     struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
                                  * slots half zero, half written multiply verifier states) */
     __u8 b[MAX_REQ + NAME_PEEK + 16];
@@ -132,5 +137,12 @@ struct answer_ctx {
     int rolled_back;
     int is_head;                /* answer with the headers only */
     __u32 inm_pos;              /* If-None-Match value in the request buffer, 0 if none */
+    __u32 variant;              /* VAR_*: how to answer */
+};
+
+/* One record of the close_events ring buffer. */
+struct close_event {
+    struct conn_key key;
+    __u32 kind;                 /* CLOSE_WANTED or CLOSE_NOW */
 };
 

@@ -15,22 +15,56 @@ struct resp_hdrs {
 
 #define HDRS_NO_TS (sizeof(struct resp_hdrs) - TCP_TS_OPTLEN)
 
+/* Copy data[0, len) into the skb at off, in CHUNK pieces (bpf_skb_store_bytes needs a length the
+ * verifier can bound). `size` bounds every read inside data. */
+static __always_inline long store_data(struct __sk_buff *skb, __u32 off, __u8 *data, __u32 len, const __u32 size)
+{
+    long err = 0;
+    for (__u32 i = 0; i < size / CHUNK; i++) {
+        __u32 o = i * CHUNK;
+        if (o + CHUNK > len)
+            break;
+        err |= bpf_skb_store_bytes(skb, off + o, data + o, CHUNK, 0);
+    }
+    if (len < CHUNK) {
+        __u32 n = len;
+        asm volatile("" : "+r"(n));                 /* keep clang from folding the clamp away */
+        n = ((n - 1) & (CHUNK - 1)) + 1;            /* verifier-visible range [1, CHUNK] */
+        CLAMP_MAX(n, size < CHUNK ? size : CHUNK);
+        err |= bpf_skb_store_bytes(skb, off, data, n, 0);
+    } else if (len % CHUNK) {
+        /* The tail as one whole chunk ending at len, overlapping bytes already written: keeps every
+         * read inside data[size] without padding the map value. */
+        __u64 o = len - CHUNK;
+        CLAMP_MAX(o, size - CHUNK);
+        err |= bpf_skb_store_bytes(skb, off + o, data + o, CHUNK, 0);
+    }
+    return err;
+}
+
 /* Rewrite skb into the response for the request in p and update the connection's deltas.
- * Inlined once per size class so `size` is a constant the verifier can bound reads with. */
+ * Inlined once per size class so `size` is a constant the verifier can bound reads with.
+ * `variant` (VAR_*) says how the stored bytes become aiohttp's answer to this form of request: a
+ * header line inserted at hx, where the head's final CRLF starts, and/or "HTTP/1.0"; body_csum is
+ * already that variant's sum. */
 static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs,
                                      __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
-                                     const __u32 date_off, __u8 *date)
+                                     const __u32 date_off, __u8 *date, __u32 hx, __u32 variant)
 {
     if (rlen < date_off + DATE_SLOT_LEN || rlen > size)
         return PASS_CACHE_RACE;
+    __u32 extra = variant == VAR_CLOSE11 ? CLOSE_HDR_LEN : variant == VAR_KEEP10 ? KEEP_HDR_LEN : 0;
+    if (extra && (hx < date_off + DATE_SLOT_LEN || hx > rlen || hx >= CHUNK))
+        return PASS_TOO_BIG;                        /* (a head this long is not worth a variant) */
+    __u32 total = rlen + extra;
     __u32 thl = p->has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
-    __u32 frame = ETH_HLEN_ + IPV4_HLEN + thl + rlen;
+    __u32 frame = ETH_HLEN_ + IPV4_HLEN + thl + total;
     __u32 ifindex = skb->ifindex;
     __u32 *max_frame = if_max_frame.lookup(&ifindex);
     if (!max_frame || frame > *max_frame || frame > MAX_FRAME)
         return PASS_TOO_BIG;
     __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
-    if (rlen > win)
+    if (total > win)
         return PASS_WINDOW;
 
     __u32 req_seq = bpf_ntohl(p->tcp.seq);
@@ -40,7 +74,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
     h.eth.h_proto = p->eth.h_proto;
     h.ip.version = 4;
     h.ip.ihl = 5;
-    h.ip.tot_len = bpf_htons(IPV4_HLEN + thl + rlen);
+    h.ip.tot_len = bpf_htons(IPV4_HLEN + thl + total);
     h.ip.frag_off = bpf_htons(0x4000);              /* DF */
     h.ip.ttl = 64;
     h.ip.protocol = IPPROTO_TCP;
@@ -65,7 +99,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
         __builtin_memcpy(&h.ts[4], &p->tsecr, 4);
         __builtin_memcpy(&h.ts[8], &p->tsval, 4);
     }
-    struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + rlen)};
+    struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + total)};
     __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
     __u32 hsum = p->has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
                            : bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN, psum);
@@ -79,23 +113,22 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
     long err = p->has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
                          : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
     __u32 poff = ETH_HLEN_ + IPV4_HLEN + thl;
-    for (__u32 i = 0; i < size / CHUNK; i++) {
-        __u32 off = i * CHUNK;
-        if (off + CHUNK > rlen)
-            break;
-        err |= bpf_skb_store_bytes(skb, poff + off, data + off, CHUNK, 0);
+    /* With a header line to insert: everything shifted up by extra first, then the head before hx
+     * again in place, then the line in the gap. */
+    err |= store_data(skb, poff + extra, data, rlen, size);
+    if (extra) {
+        err |= store_data(skb, poff, data, hx, size < CHUNK ? size : CHUNK);
+        if (variant == VAR_CLOSE11) {
+            char line[] = "Connection: close\r\n";
+            err |= bpf_skb_store_bytes(skb, poff + hx, line, CLOSE_HDR_LEN, 0);
+        } else {
+            char line[] = "Connection: keep-alive\r\n";
+            err |= bpf_skb_store_bytes(skb, poff + hx, line, KEEP_HDR_LEN, 0);
+        }
     }
-    if (rlen < CHUNK) {
-        __u32 n = rlen;
-        asm volatile("" : "+r"(n));                 /* keep clang from folding the clamp away */
-        n = ((n - 1) & (CHUNK - 1)) + 1;            /* verifier-visible range [1, CHUNK] */
-        err |= bpf_skb_store_bytes(skb, poff, data, n, 0);
-    } else if (rlen % CHUNK) {
-        /* The tail as one whole chunk ending at rlen, overlapping bytes already written: keeps every
-         * read inside data[size] without padding the map value. */
-        __u64 off = rlen - CHUNK;
-        CLAMP_MAX(off, size - CHUNK);
-        err |= bpf_skb_store_bytes(skb, poff + off, data + off, CHUNK, 0);
+    if (variant == VAR_CLOSE10 || variant == VAR_KEEP10) {
+        __u8 zero = '0';
+        err |= bpf_skb_store_bytes(skb, poff + VERSION_DIGIT_OFFSET, &zero, 1, 0);
     }
     err |= bpf_skb_store_bytes(skb, poff + date_off, date, DATE_SLOT_LEN, 0);
     if (err) {
@@ -122,14 +155,29 @@ static __always_inline int send_body(struct __sk_buff *skb, struct pkt *p, struc
 
     cs->last_req_seq = req_seq;
     cs->last_req_len = p->payload_len;
-    cs->last_resp_len = rlen;
+    cs->last_resp_len = total;
     cs->delta_in += p->payload_len;
-    cs->delta_out += rlen;
+    cs->delta_out += total;
     cs->next_seq = req_seq + p->payload_len;
-    cs->srv_next += rlen;
+    cs->srv_next += total;
     cs->flags |= CONN_ANSWERED;
+    if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
+        cs->flags |= CONN_CLOSING;
     skb->mark = KERNEL_MARK;
     return ANSWERED;
+}
+
+/* The sum of one variant of one kind of answer (kind is a constant at every call). */
+static __always_inline __u32 variant_csum(struct body_hdr *h, const int kind, __u32 variant, __u32 stored)
+{
+    const int row = kind * (NR_VARIANTS - 1);
+    if (variant == VAR_CLOSE11)
+        return h->vcsum[row];
+    if (variant == VAR_CLOSE10)
+        return h->vcsum[row + 1];
+    if (variant == VAR_KEEP10)
+        return h->vcsum[row + 2];
+    return stored;
 }
 
 /* One function per size class: bcc must see each map.lookup call written out in the source. */
@@ -181,11 +229,13 @@ static __always_inline int etag_matches(struct req_buf *rb, __u64 pos, __u8 *tag
     return equal;
 }
 
-/* Answer from one cached version: 304 if If-None-Match names it, headers only for HEAD, else 200. */
+/* Answer from one cached version: 304 if If-None-Match names it, headers only for HEAD, else 200;
+ * each in the variant the request's version and Connection header call for. */
 static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
                                        struct conn_state *cs, struct clock *clk, struct body_hdr *h,
                                        __u8 *data, const __u32 size)
 {
+    __u32 v = ctx->variant;
     if (ctx->inm_pos) {
         __u32 off = h->etag_off;
         CLAMP_MAX(off, NM_REGION - ETAG_MAX);
@@ -193,14 +243,15 @@ static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx 
         if (m < 0)
             return PASS_CONDITIONAL;
         if (m)
-            return send_body(skb, &ctx->p, cs, h->nm_len, h->nm_csum, data, NM_REGION, NM_DATE_SLOT_OFFSET,
-                             clk->date);
+            return send_body(skb, &ctx->p, cs, h->nm_len, variant_csum(h, KIND_NM, v, h->nm_csum), data, NM_REGION,
+                             NM_DATE_SLOT_OFFSET, clk->date, h->nm_len - 2, v);
     }
     __u8 *full = data + NM_REGION;
     if (ctx->is_head)
-        return send_body(skb, &ctx->p, cs, h->head_len, h->head_csum, full, size - NM_REGION, DATE_SLOT_OFFSET,
-                         clk->date);
-    return send_body(skb, &ctx->p, cs, h->len, h->csum, full, size - NM_REGION, DATE_SLOT_OFFSET, clk->date);
+        return send_body(skb, &ctx->p, cs, h->head_len, variant_csum(h, KIND_HEAD, v, h->head_csum), full,
+                         size - NM_REGION, DATE_SLOT_OFFSET, clk->date, h->head_len - 2, v);
+    return send_body(skb, &ctx->p, cs, h->len, variant_csum(h, KIND_FULL, v, h->csum), full, size - NM_REGION,
+                     DATE_SLOT_OFFSET, clk->date, h->head_len - 2, v);
 }
 
 /* One function per size class: bcc must see each map.lookup call written out in the source. */
@@ -267,9 +318,13 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
         cs->delta_out -= cs->last_resp_len;
         cs->next_seq = seq;
         cs->srv_next -= cs->last_resp_len;
-        cs->flags &= ~CONN_ANSWERED;
+        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING);
         *rolled_back = 1;
     }
+    /* After an answer that ends the connection, nothing more is answered here (a client that
+     * sends more anyway meets the server socket, which userspace is closing). */
+    if (cs->flags & CONN_CLOSING)
+        return PASS_CLOSING;
     /* In sync: the request starts where the previous one ended, and the client has every byte sent
      * so far (so responses can never be reordered or lost silently). */
     if (seq != cs->next_seq || ack != cs->srv_next)
@@ -297,6 +352,8 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     rb->host_seen = 0;
     rb->headers = 0;
     rb->line_start = 0;
+    rb->http10 = 0;
+    rb->conn_hdr = 0;
     __builtin_memset(&rb->key, 0, sizeof(rb->key));
     ctx->p = *p;
     ctx->key = *k;
@@ -323,6 +380,14 @@ static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, str
     }
     xlate_in(skb, p, cs);
     return TC_ACT_UNSPEC;
+}
+
+/* Tell userspace about a connection the kernel ended (close_events: it wakes a reader thread). */
+static __always_inline void tell_close(struct conn_key *k, __u32 kind)
+{
+    struct close_event ev = {*k, kind};
+    if (close_events.ringbuf_output(&ev, sizeof(ev), 0) < 0)
+        COUNT_ERR(ERR_CLOSE_LOST);
 }
 
 static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb)
@@ -359,6 +424,14 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         return TC_ACT_UNSPEC;
     }
     cs->last_seen_ns = bpf_ktime_get_ns();
+    /* The client has every byte of an answer that ends the connection: userspace may now close
+     * the socket, whose FIN then follows the answer. Not before: the kernel can resend a lost
+     * answer only while the socket has sent nothing after it. */
+    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING && p.tcp.ack &&
+        (__s32)(bpf_ntohl(p.tcp.ack_seq) - cs->srv_next) >= 0) {
+        cs->flags |= CONN_CLOSE_ACKED;
+        tell_close(&k, CLOSE_NOW);
+    }
 
     int rolled_back = 0;
     int r = check_segment(skb, &p, &k, cs, &rolled_back);
@@ -411,6 +484,11 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
             ctx->ref = *ref;
             ctx->is_head = rb->path_start == 5;
             ctx->inm_pos = rb->inm_pos;
+            /* aiohttp's reading of the version and Connection header (see VAR_*) */
+            if (rb->http10)
+                ctx->variant = rb->conn_hdr == CONN_HDR_KEEP ? VAR_KEEP10 : VAR_CLOSE10;
+            else
+                ctx->variant = rb->conn_hdr == CONN_HDR_CLOSE ? VAR_CLOSE11 : VAR_KEEP11;
             progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
             r = PASS_CACHE_RACE;
         } else {
@@ -442,6 +520,8 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
     default: r = send_class4(skb, ctx, t.rb, cs, clk); break;
     }
     if (r == ANSWERED) {
+        if (cs->flags & CONN_CLOSING)
+            tell_close(&ctx->key, CLOSE_WANTED);
         struct cache_ref *ref = file_cache.lookup(&t.rb->key);
         if (ref) {
             ref->last_hit_ns = bpf_ktime_get_ns();

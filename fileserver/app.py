@@ -15,8 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from fileserver.config import Config
+from fileserver.datapath import CloseEvent
 from fileserver.handlers import StaticHandler, UserStats
 
+# A closing answer the client never acknowledged (its ACK lost): close after this long anyway.
+CLOSE_FALLBACK_S = 3.0
 REQUEST_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -35,20 +38,51 @@ class _DeadlineRequestHandler(web.RequestHandler):
     start for the first request and from the first byte of each later one (the idle time between
     requests is the keep-alive timeout's business)."""
 
-    def __init__(self, *args: Any, header_timeout: float, stats: UserStats, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, stats: UserStats, registry: "ConnectionRegistry",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
         self._stats = stats
+        self._registry = registry
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False
+        self._addresses: Addresses | None = None
+        self._close_fallback: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm()
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        if peer and local:
+            self._addresses = (peer[0], peer[1], local[0], local[1])
+            self._registry.add(self._addresses, self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._close_fallback is not None:
+            self._close_fallback.cancel()
+        if self._addresses is not None:
+            self._registry.remove(self._addresses, self)
         super().connection_lost(exc)
+
+    def _idle(self) -> bool:
+        """No request queued or being handled (also true before aiohttp's loop first waits)."""
+        return not self._request_in_progress and not self._messages
+
+    def kernel_answered_last(self, acked: bool) -> None:
+        """The kernel answered a request that ends this connection (Connection: close, HTTP/1.0).
+        Close the socket once the client has that answer (acked), so that our FIN follows it;
+        if no acknowledgement is heard of (a lost ACK), after CLOSE_FALLBACK_S anyway."""
+        if not acked:
+            if self._close_fallback is None:
+                self._close_fallback = self._loop.call_later(CLOSE_FALLBACK_S, self.kernel_answered_last, True)
+            return
+        if self._close_fallback is not None:
+            self._close_fallback.cancel()
+        if self._idle():
+            self.force_close()  # nothing in flight: close now (close() would wait for a request to come)
+        else:
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
@@ -81,6 +115,43 @@ class _DeadlineRequestHandler(web.RequestHandler):
         self.force_close()
 
 
+Addresses = tuple[str, int, str, int]  # client address and port, server address and port
+
+
+class ConnectionRegistry:
+    """Open connections by address, so that a close the kernel asks for finds its socket. The
+    kernel can be faster than accept(): a request for a connection not accepted yet waits here
+    (briefly) for it."""
+
+    PENDING_TTL_S = 10.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._open: dict[Addresses, _DeadlineRequestHandler] = {}
+        self._pending: dict[Addresses, tuple[float, bool]] = {}
+
+    def add(self, addresses: Addresses, handler: _DeadlineRequestHandler) -> None:
+        self._open[addresses] = handler
+        early = self._pending.pop(addresses, None)
+        if early is not None and early[0] > self._loop.time():
+            handler.kernel_answered_last(early[1])
+
+    def remove(self, addresses: Addresses, handler: _DeadlineRequestHandler) -> None:
+        if self._open.get(addresses) is handler:
+            del self._open[addresses]
+
+    def close_for_kernel(self, addresses: Addresses, acked: bool) -> None:
+        handler = self._open.get(addresses)
+        if handler is not None:
+            handler.kernel_answered_last(acked)
+            return
+        now = self._loop.time()
+        if len(self._pending) > 1024:
+            self._pending = {a: p for a, p in self._pending.items() if p[0] > now}
+        previous = self._pending.get(addresses)
+        self._pending[addresses] = (now + self.PENDING_TTL_S, acked or bool(previous and previous[1]))
+
+
 class HttpServer(web.Server):
     """aiohttp's low-level server with the deadline handler; `reconfigure` changes the limits for
     connections accepted from then on (those already open keep theirs)."""
@@ -89,6 +160,12 @@ class HttpServer(web.Server):
         super().__init__(handler, **handler_limits(config), **kwargs)  # type: ignore[arg-type]
         self._header_timeout = config.header_timeout
         self._stats = handler.stats
+        self.registry = ConnectionRegistry(self._loop)
+
+    def close_for_kernel(self, event: CloseEvent) -> None:
+        """The kernel ended a connection with its answer: close our socket (see the handler)."""
+        self.registry.close_for_kernel(
+            (event.client_ip, event.client_port, event.server_ip, event.server_port), event.acked)
 
     def reconfigure(self, config: Config) -> None:
         self._kwargs.update(handler_limits(config))
@@ -96,4 +173,4 @@ class HttpServer(web.Server):
 
     def __call__(self) -> web.RequestHandler:
         return _DeadlineRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
-                                       stats=self._stats, **self._kwargs)
+                                       stats=self._stats, registry=self.registry, **self._kwargs)

@@ -17,10 +17,11 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fileserver.http_semantics import Variant, as_variant
 from fileserver.reasons import KernelError, PassReason
 
 log = logging.getLogger("fileserver.datapath")
@@ -34,7 +35,7 @@ NM_DATE_SLOT_OFFSET = 32
 DATE_SLOT_LEN = 32
 NM_REGION = 256
 MAX_FRAME = 16064
-BODY_HEADER = 32  # struct body_hdr before the data (bpf/structs.h)
+BODY_HEADER = 48  # struct body_hdr before the data (bpf/structs.h)
 BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k")
 PARSE_STAGES = 2
 PROG_SEND0 = PARSE_STAGES
@@ -122,7 +123,7 @@ class Counters:
 
 # The maps bpf/maps.h declares (all but the per-build tail-call array `progs`).
 SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
-               "scratch", "answer_scratch")
+               "scratch", "answer_scratch", "close_events")
 MAPS_SOURCE = BPF_DIR / "maps.c"
 # bcc's exported tables live in one process-wide registry keyed by name, and exporting a name again
 # keeps the first (closed) entry: every map set after the first in a process gets its own names.
@@ -306,6 +307,12 @@ class Datapath:
         h.nm_csum = body_checksum(not_modified, NM_DATE_SLOT_OFFSET)
         h.etag_off = not_modified.index(b"ETag: " + etag + b"\r\n") + len(b"ETag: ")
         h.etag_len = len(etag)
+        # The other variants' sums, per kind (KIND_FULL, KIND_HEAD, KIND_NM in bpf/consts.h).
+        kinds = ((response, head_len, DATE_SLOT_OFFSET), (response[:head_len], head_len, DATE_SLOT_OFFSET),
+                 (not_modified, len(not_modified), NM_DATE_SLOT_OFFSET))
+        for kind, (data, hlen, slot) in enumerate(kinds):
+            for i, variant in enumerate(v for v in Variant if v != Variant.KEEP11):
+                h.vcsum[kind * (len(Variant) - 1) + i] = body_checksum(as_variant(data, hlen, variant), slot)
         base = ct.addressof(leaf) + BODY_HEADER
         ct.memmove(base, not_modified, len(not_modified))
         ct.memmove(base + NM_REGION, response, len(response))
@@ -365,6 +372,19 @@ class Datapath:
             errors=errors,
         )
 
+    def on_close_events(self, callback: Callable[[CloseEvent], None]) -> None:
+        """Deliver close_events records to callback from poll_close_events (one reader thread)."""
+
+        def raw(_ctx: object, data: int, _size: int) -> None:
+            ev = ct.cast(data, ct.POINTER(_CloseEventC)).contents
+            callback(CloseEvent(_ipv4(ev.client_ip), socket.ntohs(ev.client_port), _ipv4(ev.server_ip),
+                                socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW))
+
+        self._map("close_events").open_ring_buffer(raw)
+
+    def poll_close_events(self, timeout_ms: int) -> None:
+        self.maps.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
+
     def conn_entries(self) -> int:
         return sum(1 for _ in self.conn_state.keys())
 
@@ -381,6 +401,31 @@ class Datapath:
             with contextlib.suppress(KeyError):
                 del self.conn_state[k]
         return len(dead)
+
+
+CLOSE_NOW = 2  # bpf/consts.h: the client acknowledged the closing answer (CLOSE_WANTED = 1: answered)
+
+
+@dataclass(frozen=True)
+class CloseEvent:
+    """The kernel answered a request that ends its connection (Connection: close, HTTP/1.0):
+    userspace must close the server socket; `acked`: the client has the whole answer."""
+
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    acked: bool
+
+
+class _CloseEventC(ct.Structure):
+    _fields_ = [("client_ip", ct.c_uint32), ("server_ip", ct.c_uint32), ("client_port", ct.c_uint16),
+                ("server_port", ct.c_uint16), ("kind", ct.c_uint32)]
+
+
+def _ipv4(native: int) -> str:
+    """An address as the maps hold it (network order read as a native u32) in dotted form."""
+    return socket.inet_ntoa(struct.pack("=I", native))
 
 
 # TIME_WAIT, CLOSE and LISTEN (hex, as /proc/net/tcp prints them): no segment of these needs translating.

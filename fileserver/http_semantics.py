@@ -108,6 +108,29 @@ def not_modified_head(v: Validators, date: str) -> bytes:
     return head
 
 
+class Variant(enum.IntEnum):
+    """How aiohttp answers each form of request, from the stored HTTP/1.1 keep-alive bytes; the
+    kernel makes the same bytes (bpf/consts.h VAR_*): a version digit and/or one header line."""
+
+    KEEP11 = 0   # HTTP/1.1: as stored
+    CLOSE11 = 1  # HTTP/1.1 with Connection: close: "Connection: close" ends the head, then close
+    CLOSE10 = 2  # HTTP/1.0: "HTTP/1.0" in the status line, then close
+    KEEP10 = 3   # HTTP/1.0 with Connection: keep-alive: "HTTP/1.0" and "Connection: keep-alive"
+
+
+VERSION_DIGIT_OFFSET = len(b"HTTP/1.")
+_VARIANT_LINES = {Variant.CLOSE11: b"Connection: close\r\n", Variant.KEEP10: b"Connection: keep-alive\r\n"}
+
+
+def as_variant(response: bytes, head_len: int, variant: Variant) -> bytes:
+    """A response (head_len bytes of head, ending in the blank line) in another variant."""
+    hx = head_len - 2
+    out = response[:hx] + _VARIANT_LINES.get(variant, b"") + response[hx:]
+    if variant in (Variant.CLOSE10, Variant.KEEP10):
+        out = out[:VERSION_DIGIT_OFFSET] + b"0" + out[VERSION_DIGIT_OFFSET + 1:]
+    return out
+
+
 def response_head(name: str, v: Validators, date: str) -> bytes:
     """Status line and headers of the 200 response for a whole file, exactly as sent on the wire."""
     head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v))

@@ -14,12 +14,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fileserver.config import Config
-from fileserver.datapath import Counters, Datapath
+from fileserver.datapath import CloseEvent, Counters, Datapath
 from fileserver.handlers import DateCache
 from fileserver.privileges import CAP_NET_ADMIN, KERNEL_PATH_CAPS, drop_capabilities, permitted, raised
 from fileserver.resolve import Resolver
@@ -46,6 +46,9 @@ class KernelPath:
 
     def on_user_served(self, path: str, snap: Snapshot) -> None:
         pass
+
+    def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
+        """Where to send the connections the kernel ended (called in the event loop's thread)."""
 
     def counters(self) -> Counters:
         return Counters()
@@ -107,6 +110,21 @@ class ActiveKernelPath(KernelPath):
         self._start_watcher()
         self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
         self._thread.start()
+
+    def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.dp.on_close_events(lambda ev: loop.call_soon_threadsafe(handler, ev))
+        self._closer = threading.Thread(target=self._read_close_events, name="fileserver-close", daemon=True)
+        self._closer.start()
+
+    def _read_close_events(self) -> None:
+        """The kernel's close_events ring buffer wakes this thread; the handler runs in the loop."""
+        while not self._stop.is_set():
+            try:
+                self.dp.poll_close_events(200)
+            except Exception:
+                log.exception("reading close events failed")
+                self._stop.wait(1.0)
 
     def _start_watcher(self) -> None:
         from fileserver.watcher import RootWatcher
@@ -185,8 +203,9 @@ class ActiveKernelPath(KernelPath):
 
     def stop(self) -> None:
         self._stop.set()
-        if hasattr(self, "_thread"):
-            self._thread.join(timeout=5)
+        for name in ("_thread", "_closer"):
+            if hasattr(self, name):
+                getattr(self, name).join(timeout=5)
         self._teardown()
 
     # -- reload -----------------------------------------------------------------------------------

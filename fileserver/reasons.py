@@ -11,7 +11,7 @@ import enum
 class PassReason(enum.IntEnum):
     MISS = 0
     METHOD = enum.auto()
-    HTTP10 = enum.auto()
+    CLOSING = enum.auto()
     VERSION = enum.auto()
     CLOSE = enum.auto()
     RANGE = enum.auto()
@@ -42,6 +42,7 @@ class KernelError(enum.IntEnum):
     STORE = enum.auto()
     CONN_FULL = enum.auto()
     XLATE = enum.auto()
+    CLOSE_LOST = enum.auto()
 
     @property
     def label(self) -> str:

@@ -87,6 +87,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         stack.push_async_callback(_linger_after, runner)
         if kernel.enabled:
             handler.on_served = kernel.on_user_served
+            kernel.set_close_handler(http.close_for_kernel)
 
         if config.metrics_port:
             from fileserver.metrics import Metrics, start_metrics

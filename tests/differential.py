@@ -1,7 +1,8 @@
 """Differential testing of the kernel's HTTP parser against llhttp (aiohttp's parser).
 
-The kernel may only answer a request that llhttp reads as exactly one body-less GET or HEAD of the
-same path, HTTP/1.1, keep-alive. Cases are mutations of real requests (grammar-aware) plus random
+The kernel may only answer a request that llhttp reads as exactly one body-less GET or HEAD,
+HTTP/1.0 or 1.1, without an upgrade, of the path whose file the answer holds; and its answer must keep or end the connection as
+llhttp's reading says (expected_head_marks). Cases are mutations of real requests (grammar-aware) plus random
 bytes, from a seeded generator so failures reproduce.
 """
 
@@ -75,8 +76,24 @@ def mutate(rng: random.Random) -> bytes:
 @dataclass
 class LlhttpView:
     ok: bool
-    answerable: bool  # what the kernel may answer: one GET/HEAD of TARGET, HTTP/1.1, keep-alive, no body
+    answerable: bool  # what the kernel may answer: one GET/HEAD, HTTP/1.x, no body, no upgrade
     detail: str
+    path: str = ""  # as llhttp (and yarl) read it, query left out
+    version: tuple[int, int] = (1, 1)
+    should_close: bool = False
+
+    def expected_head_marks(self) -> tuple[bytes, bytes | None]:
+        """The status line's start and the Connection header aiohttp answers this reading with."""
+        if self.version == (1, 0):
+            return b"HTTP/1.0 ", None if self.should_close else b"keep-alive"
+        return b"HTTP/1.1 ", b"close" if self.should_close else None
+
+
+def head_marks(response: bytes) -> tuple[bytes, bytes | None]:
+    """The same two things, read from a response."""
+    head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    conn = [h.split(b":", 1)[1].strip() for h in head[1:] if h.lower().startswith(b"connection:")]
+    return head[0][:9], conn[0] if conn else None
 
 
 def llhttp(data: bytes) -> LlhttpView:
@@ -93,12 +110,11 @@ def llhttp(data: bytes) -> LlhttpView:
         body_less = msg.headers.get("Content-Length") in (None,) and not msg.chunked
         answerable = (
             msg.method in ("GET", "HEAD")
-            and msg.url.path == TARGET
-            and msg.version == (1, 1)
-            and not msg.should_close
+            and msg.version in ((1, 0), (1, 1))
             and body_less
             and not msg.upgrade
         )
-        return LlhttpView(True, answerable, f"{msg.method} {msg.path} {msg.version}")
+        return LlhttpView(True, answerable, f"{msg.method} {msg.path} {msg.version}", msg.url.path,
+                          tuple(msg.version), bool(msg.should_close))
     finally:
         loop.close()

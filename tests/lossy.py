@@ -14,10 +14,12 @@ DROPPER = r"""
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/pkt_cls.h>
 
-/* cfg[0]: drop the segments whose 1-based index among data segments from SPORT is in the bitmap
- * cfg[1] (bits 0..63); stats[0]: data segments seen, stats[1]: dropped. */
-BPF_ARRAY(cfg, u64, 2);
-BPF_ARRAY(stats, u64, 2);
+/* Data segments from SPORT are numbered from 1 as they pass. cfg[1]: a bitmap of numbers 1..64 to
+ * drop; cfg[0]: drop every cfg[0]-th as well (0: none); cfg[2]: drop a seeded pseudo-random share
+ * as well, cfg[2]/65536 of them (an LCG from cfg[3], so a run repeats exactly).
+ * stats[0]: data segments seen, stats[1]: dropped, stats[2]: the LCG's state. */
+BPF_ARRAY(cfg, u64, 4);
+BPF_ARRAY(stats, u64, 3);
 
 int drop_chosen(struct __sk_buff *skb)
 {
@@ -30,12 +32,14 @@ int drop_chosen(struct __sk_buff *skb)
     u32 payload = ntohs(ip.tot_len) - ip.ihl * 4 - tcp.doff * 4;
     if (payload == 0)
         return TC_ACT_UNSPEC;
-    int k0 = 0, k1 = 1;
-    u64 *seen = stats.lookup(&k0), *dropped = stats.lookup(&k1), *bitmap = cfg.lookup(&k1);
-    if (!seen || !dropped || !bitmap)
+    int k0 = 0, k1 = 1, k2 = 2;
+    u64 *seen = stats.lookup(&k0), *dropped = stats.lookup(&k1), *lcg = stats.lookup(&k2);
+    u64 *every = cfg.lookup(&k0), *bitmap = cfg.lookup(&k1), *share = cfg.lookup(&k2);
+    if (!seen || !dropped || !lcg || !every || !bitmap || !share)
         return TC_ACT_UNSPEC;
     u64 n = __sync_fetch_and_add(seen, 1);
-    if (n < 64 && (*bitmap >> n) & 1) {
+    *lcg = *lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+    if ((n < 64 && (*bitmap >> n) & 1) || (*every && (n + 1) % *every == 0) || (*lcg >> 48) < *share) {
         __sync_fetch_and_add(dropped, 1);
         return TC_ACT_SHOT;
     }
@@ -45,13 +49,18 @@ int drop_chosen(struct __sk_buff *skb)
 
 
 class Dropper:
-    def __init__(self, ns: NetNS, ifname: str, sport: int, drop: set[int]) -> None:
+    def __init__(self, ns: NetNS, ifname: str, sport: int, drop: set[int] = frozenset(), every: int = 0,
+                 share: float = 0.0, seed: int = 1) -> None:
         from bcc import BPF  # type: ignore[import-not-found]
         from pyroute2 import IPRoute
 
         self.bpf = BPF(text=DROPPER.replace("SPORT", str(sport)).encode())
         fn = self.bpf.load_func(b"drop_chosen", BPF.SCHED_CLS)
-        self.bpf[b"cfg"][ct.c_int(1)] = ct.c_uint64(sum(1 << (i - 1) for i in drop))
+        cfg = self.bpf[b"cfg"]
+        cfg[ct.c_int(0)] = ct.c_uint64(every)
+        cfg[ct.c_int(1)] = ct.c_uint64(sum(1 << (i - 1) for i in drop))
+        cfg[ct.c_int(2)] = ct.c_uint64(int(share * 65536))
+        self.bpf[b"stats"][ct.c_int(2)] = ct.c_uint64(seed)
         self.ns = ns
         with ns.entered(), IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=ifname)[0]

@@ -7,6 +7,8 @@ from fileserver.http_semantics import (
     Precondition,
     RangeUnsatisfiable,
     Validators,
+    Variant,
+    as_variant,
     content_type,
     evaluate_preconditions,
     http_date,
@@ -104,3 +106,15 @@ def test_if_range() -> None:
     assert not if_range_allows('"old"', V)
     assert if_range_allows(http_date(V.mtime_ns / 1e9), V)
     assert not if_range_allows(http_date(V.mtime_ns / 1e9 - 5), V)
+
+
+def test_variants_change_only_the_version_digit_and_one_line() -> None:
+    head = response_head("a.txt", V, "Sun, 06 Nov 1994 08:49:37 GMT")
+    response = head + b"body"
+    close11 = as_variant(response, len(head), Variant.CLOSE11)
+    assert close11 == head[:-2] + b"Connection: close\r\n\r\nbody"
+    assert as_variant(response, len(head), Variant.CLOSE10) == b"HTTP/1.0" + response[8:]
+    keep10 = as_variant(response, len(head), Variant.KEEP10)
+    assert keep10 == b"HTTP/1.0" + head[8:-2] + b"Connection: keep-alive\r\n\r\nbody"
+    assert as_variant(response, len(head), Variant.KEEP11) == response
+    assert as_variant(head, len(head), Variant.CLOSE11) == close11[:-4]  # a HEAD answer: the head alone

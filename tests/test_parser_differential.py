@@ -13,11 +13,17 @@ import random
 import socket
 from pathlib import Path
 
-from tests.differential import base_request, llhttp, mutate
-from tests.support import NetNS
+from tests.differential import base_request, head_marks, llhttp, mutate
+from tests.conftest import SITE_FILES
+from tests.support import NetNS, body_of
 
 CASES = int(os.environ.get("FUZZ_CASES", "400"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261122"))
+
+
+# What each path serves: a kernel answer must hold the file of the path llhttp read.
+SITE_BODIES = {"/" + rel: body for rel, body in SITE_FILES.items()}
+SITE_BODIES.update({"/" + rel[: -len("index.html")]: body for rel, body in SITE_FILES.items() if rel.endswith("index.html")})
 
 
 def kernel_hits(stats: http.client.HTTPConnection) -> int:
@@ -41,9 +47,9 @@ def test_kernel_parser_never_disagrees_with_llhttp(netns: NetNS, site: Path, ser
         try:
             s.sendall(data)
             try:
-                s.recv(65536)
+                response = s.recv(65536)
             except (TimeoutError, ConnectionResetError):
-                pass
+                response = b""
         finally:
             s.close()
         if kernel_hits(stats) > before:
@@ -51,5 +57,9 @@ def test_kernel_parser_never_disagrees_with_llhttp(netns: NetNS, site: Path, ser
             view = llhttp(data)
             if not view.answerable:
                 problems.append((data, view.detail))
+            elif data.startswith(b"GET") and body_of(response) != SITE_BODIES.get(view.path):
+                problems.append((data, f"{view.detail}: answered with another file"))
+            elif head_marks(response) != view.expected_head_marks():
+                problems.append((data, f"{view.detail}: answered {head_marks(response)}"))
     assert not problems, problems[:5]
     assert answered >= 2  # the base requests at least: the test can see a kernel answer
