@@ -8,13 +8,29 @@
 #pragma once
 #include "structs.h"
 
+/* Every name below is a macro argument, so that datapath.py can give a second map set in one
+ * process names of its own by renaming the tokens (struct and export names follow). */
 #ifdef FS_MAPS_ONLY
+#define FS_EXPORT(_name) __attribute__((section("maps/export"))) struct _name##_table_t __##_name
 #define FS_TABLE(_type, _key, _leaf, _name, _entries, _flags) \
     BPF_F_TABLE(_type, _key, _leaf, _name, _entries, _flags); \
-    __attribute__((section("maps/export"))) struct _name##_table_t __##_name
+    FS_EXPORT(_name)
+#define FS_RINGBUF(_name, _pages) BPF_RINGBUF_OUTPUT(_name, _pages); FS_EXPORT(_name)
 #else
 #define FS_TABLE(_type, _key, _leaf, _name, _entries, _flags) \
     BPF_F_TABLE("extern", _key, _leaf, _name, _entries, _flags)
+/* bcc's BPF_RINGBUF_OUTPUT layout, as an extern table */
+#define FS_RINGBUF(_name, _pages) \
+    struct _name##_table_t { \
+        int key; \
+        u32 leaf; \
+        int (*ringbuf_output)(void *, u64, u64); \
+        void *(*ringbuf_reserve)(u64); \
+        void (*ringbuf_discard)(void *, u64); \
+        void (*ringbuf_submit)(void *, u64); \
+        u32 max_entries; \
+    }; \
+    __attribute__((section("maps/extern"))) struct _name##_table_t _name = {.max_entries = (_pages) * PAGE_SIZE}
 #endif
 
 /* URL path -> body reference. No preallocation: memory follows the entries actually cached. */
@@ -50,22 +66,7 @@ FS_TABLE("percpu_array", int, struct answer_ctx, answer_scratch, 1, 0);
 
 /* Connections the kernel ended with its answer (Connection: close, HTTP/1.0): userspace closes
  * the server socket, whose FIN then follows the answer on the wire (DESIGN.md section 2). */
-#ifdef FS_MAPS_ONLY
-BPF_RINGBUF_OUTPUT(close_events, CLOSE_EVENTS_PAGES);
-__attribute__((section("maps/export"))) struct close_events_table_t __close_events;
-#else
-struct close_events_table_t {   /* bcc's BPF_RINGBUF_OUTPUT layout, as an extern table */
-    int key;
-    u32 leaf;
-    int (*ringbuf_output)(void *, u64, u64);
-    void *(*ringbuf_reserve)(u64);
-    void (*ringbuf_discard)(void *, u64);
-    void (*ringbuf_submit)(void *, u64);
-    u32 max_entries;
-};
-__attribute__((section("maps/extern"))) struct close_events_table_t close_events = {
-    .max_entries = CLOSE_EVENTS_PAGES * PAGE_SIZE};
-#endif
+FS_RINGBUF(close_events, CLOSE_EVENTS_PAGES);
 
 #ifndef FS_MAPS_ONLY
 /* Tail-call targets of this build: the parse stages, then one sender per size class. */

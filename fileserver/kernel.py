@@ -242,7 +242,6 @@ class ActiveKernelPath(KernelPath):
                         tc.detach(att)
                         self.attachments.remove(att)
                         self.interfaces.remove(att.ifname)
-                    self.config = dataclasses.replace(self.config, interfaces=config.interfaces)
                     for ifname in added:
                         self._attach(ifname)
             self.config = config

@@ -1,0 +1,26 @@
+"""The maps outlive program builds (reload) and map sets stay apart (in-process, real BPF)."""
+
+from __future__ import annotations
+
+from fileserver.datapath import Datapath
+from tests.support import require_root
+
+
+def test_rebuild_shares_maps_and_map_sets_stay_apart() -> None:
+    require_root()
+    first = Datapath(8080, 16)
+    try:
+        first.set_ref("/a", 1, 0)
+        rebuilt = first.rebuilt((100, 100, 10))
+        first.close()  # the old build goes; the maps stay with the new one
+        assert set(rebuilt.entry_hits()) == {"/a"}
+        other = Datapath(8081, 16)  # a second set in this process: its own maps (and names)
+        try:
+            assert other.entry_hits() == {}
+            other.set_ref("/b", 2, 0)
+            assert set(rebuilt.entry_hits()) == {"/a"}
+        finally:
+            other.close()
+        rebuilt.close()
+    finally:
+        first.close()
