@@ -167,7 +167,8 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def ab(ns: Namespace, url: str, n: int, conc: int, keepalive: bool) -> dict[str, float]:
-    args = ["ab", "-q", "-n", str(n), "-c", str(conc)] + (["-k"] if keepalive else []) + [url]
+    # -r: a connection the server resets is a failed request, not the end of the run (http.server does)
+    args = ["ab", "-q", "-r", "-n", str(n), "-c", str(conc)] + (["-k"] if keepalive else []) + [url]
     out = ns.cmd(*args, timeout=600)
     failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"Non-2xx responses:\s+(\d+)", out)
