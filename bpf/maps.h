@@ -68,6 +68,11 @@ FS_TABLE("percpu_array", int, struct answer_ctx, answer_scratch, 1, 0);
  * the server socket, whose FIN then follows the answer on the wire (DESIGN.md section 2). */
 FS_RINGBUF(close_events, CLOSE_EVENTS_PAGES);
 
+/* Connections userspace has finished with for now: how many bytes it had read from and written to
+ * the socket when it last answered everything it read (back_to_kernel compares them with the
+ * socket's own count and the client's acknowledgement). LRU: closed connections age out. */
+FS_TABLE("lru_hash", struct conn_key, struct user_idle, user_idle, CONN_ENTRIES, 0);
+
 #ifndef FS_MAPS_ONLY
 /* Tail-call targets of this build: the parse stages, then one sender per size class. */
 BPF_PROG_ARRAY(progs, PROG_SEND0 + NR_CLASSES);

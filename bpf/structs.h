@@ -69,7 +69,14 @@ struct conn_state {
     __u16 server_win;       /* last window field the server sent (already scaled) */
     __u8 client_wscale;     /* client's window scale shift (from its SYN) */
     __u8 pad;
-    __u32 pad2;
+    __u32 srv_isn1;         /* the server socket's first data sequence number (ISN + 1; its own view) */
+};
+
+/* user_idle value: what userspace had read from and written to a connection's socket when it last
+ * owed nothing on it. */
+struct user_idle {
+    __u64 consumed;
+    __u64 written;
 };
 
 /* Segments of our port the TC programs handled on one interface. */
@@ -94,6 +101,7 @@ struct counters {
     __u64 csum_partial;     /* responses left to checksum offload */
     __u64 csum_full;        /* responses with a full software checksum */
     __u64 sack_blanked;     /* SACK options turned into NOPs */
+    __u64 returns;          /* connections handed back from userspace to the kernel */
     __u64 pass[NR_PASS_REASONS];
     __u64 errors[NR_KERNEL_ERRORS];
 };

@@ -24,6 +24,7 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
         }
         cs->server_win = bpf_ntohs(p.tcp.window) >> ws;  /* a SYN's window is never scaled */
         cs->srv_next = bpf_ntohl(p.tcp.seq) + 1;
+        cs->srv_isn1 = cs->srv_next;                /* no deltas yet: both views agree */
         return TC_ACT_UNSPEC;
     }
     cs->server_win = bpf_ntohs(p.tcp.window);

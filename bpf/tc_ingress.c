@@ -286,6 +286,47 @@ static __always_inline int send_class4(struct __sk_buff *skb, struct answer_ctx 
     return r ? answer_from(skb, ctx, rb, cs, clk, &r->h, r->data, CLASS4_DATA) : PASS_CACHE_RACE;
 }
 
+/* A connection that went to userspace comes back once userspace has answered everything it read
+ * and the client has acknowledged every byte of it: then nothing the server socket owes can come
+ * after a kernel answer (browsers reuse connections: one cold request must not pin one for good).
+ * Userspace records in user_idle how many bytes it had read and written when it last had nothing
+ * left to do. The socket itself (bpf_tcp_sock) says how many it has received; this segment's
+ * acknowledgement (it usually rides on the next request) must cover every byte userspace wrote,
+ * which also proves none is still queued in the socket. The socket's rcv_nxt and snd_nxt then
+ * re-anchor the kernel's view of both streams. */
+static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, struct conn_key *k,
+                                          struct conn_state *cs)
+{
+    struct user_idle *idle = user_idle.lookup(k);
+    if (!idle)
+        return 0;
+    __u32 ack = bpf_ntohl(p->tcp.ack_seq) - cs->delta_out;   /* in the socket's sequence space */
+    if (ack != cs->srv_isn1 + (__u32)idle->written)
+        return 0;
+    struct bpf_sock_tuple t = {};
+    t.ipv4.saddr = p->ip.saddr;
+    t.ipv4.daddr = p->ip.daddr;
+    t.ipv4.sport = p->tcp.source;
+    t.ipv4.dport = p->tcp.dest;
+    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    int back = 0;
+    struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+    if (tp && sk->state == BPF_TCP_ESTABLISHED && tp->bytes_received == idle->consumed && tp->snd_nxt == ack) {
+        cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands */
+        cs->srv_next = tp->snd_nxt + cs->delta_out;
+        cs->flags &= ~(CONN_USER | CONN_ANSWERED);     /* (the last kernel answer is no longer undoable) */
+        back = 1;
+    }
+    bpf_sk_release(sk);
+    if (back) {
+        user_idle.delete(k);
+        COUNT(returns);
+    }
+    return back;
+}
+
 /* The first checks, on fs_ingress: can this segment's request be answered here at all? Returns
  * PARSE (the request is in the scratch buffer and answer_ctx is filled in), a pass reason, or
  * GO_ON for segments without a request (pure ACKs, FIN without data). */
@@ -294,7 +335,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
 {
     if (p->payload_len == 0)
         return GO_ON;
-    if (cs->flags & CONN_USER)
+    if ((cs->flags & CONN_USER) && !back_to_kernel(skb, p, k, cs))
         return PASS_USER_OWNED;
     if (p->tcp.fin || p->tcp.rst || p->tcp.urg || !p->tcp.ack)
         return PASS_TCP_OPTIONS;

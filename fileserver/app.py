@@ -2,25 +2,28 @@
 
 aiohttp's low-level server (no router: one handler answers everything). llhttp answers 400 for an
 oversized request line, header field or header count before any handler runs; idle keep-alive
-connections close after keepalive_timeout. aiohttp has no deadline for reading a request head, so a
-client dripping a header byte a second would hold a connection until the keep-alive timeout; the
-request handler below closes it after header_timeout instead, with 408 when part of a head arrived.
+connections close after keepalive_timeout. Our per-connection request handler adds what aiohttp
+lacks: a deadline for reading a request head, and the two ways the kernel path and userspace share
+a connection (closing it after a kernel answer that ends it, handing it back when userspace is idle).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
 
 from fileserver.config import Config
 from fileserver.datapath import CloseEvent
-from fileserver.handlers import StaticHandler, UserStats
+from fileserver.handlers import StaticHandler, UserStats, wire_size
 
 # A closing answer the client never acknowledged (its ACK lost): close after this long anyway.
 CLOSE_FALLBACK_S = 3.0
 REQUEST_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def handler_limits(config: Config) -> dict[str, Any]:
@@ -33,14 +36,19 @@ def handler_limits(config: Config) -> dict[str, Any]:
     }
 
 
-class _DeadlineRequestHandler(web.RequestHandler):
-    """A request head must arrive in full within header_timeout: counted from the connection's
-    start for the first request and from the first byte of each later one (the idle time between
-    requests is the keep-alive timeout's business)."""
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's handler of one connection, plus:
+    - at most max_connections open: more are answered 503 and closed;
+    - a request head must arrive in full within header_timeout, counted from the connection's start
+      for the first request and from the first byte of each later one (idle time between requests
+      is the keep-alive timeout's business); else 408 (if part of it came) and close;
+    - kernel_answered_last: close the socket after a kernel answer that ended the connection;
+    - finish_response: tell the kernel path when this connection has nothing left in userspace."""
 
-    def __init__(self, *args: Any, header_timeout: float, stats: UserStats, registry: "ConnectionRegistry",
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, max_connections: int, stats: UserStats,
+                 registry: "ConnectionRegistry", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._max_connections = max_connections
         self._header_timeout = header_timeout
         self._stats = stats
         self._registry = registry
@@ -48,9 +56,17 @@ class _DeadlineRequestHandler(web.RequestHandler):
         self._partial = False
         self._addresses: Addresses | None = None
         self._close_fallback: asyncio.TimerHandle | None = None
+        self._consumed = 0          # bytes read from the socket
+        self._written = 0           # bytes written to it
+        self._at_boundary = False   # ... and they end exactly after whole body-less requests
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if len(self._registry) >= self._max_connections:
+            self._stats.refused += 1
+            cast(asyncio.Transport, transport).write(BUSY_RESPONSE)
+            self.force_close()
+            return
         self._arm()
         peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         if peer and local:
@@ -64,6 +80,35 @@ class _DeadlineRequestHandler(web.RequestHandler):
         if self._addresses is not None:
             self._registry.remove(self._addresses, self)
         super().connection_lost(exc)
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> Any:
+        """Around each response: if userspace will owe nothing on this connection once it is
+        written (nothing queued or half read), say so with the bytes read and written, so that the
+        kernel can take the connection back when the client has acknowledged every one of them
+        (bpf: back_to_kernel). Said before the bytes go out, with their predicted count, or a
+        quick client's next request could beat us to it; said again after, if the count differs.
+        A wrong count only keeps the connection in userspace: the kernel wants exact equality."""
+        predicted = None
+        if self._owes_nothing() and isinstance(resp, web.Response):
+            predicted = self._written + wire_size(resp)
+            self._tell_idle(predicted)
+        result = await super().finish_response(request, resp, start_time)
+        self._written += request.writer.output_size  # status line, headers and written bodies
+        if isinstance(resp, web.FileResponse) and request.method != "HEAD" and resp.status in (200, 206):
+            self._written += resp.content_length or 0  # sent with sendfile, which the writer does not count
+        if self._written != predicted and self._owes_nothing():
+            self._tell_idle(self._written)
+        return result
+
+    def _owes_nothing(self) -> bool:
+        return (self._at_boundary and not self._messages and self._keepalive and not self._close
+                and not self._force_close and self.transport is not None)
+
+    def _tell_idle(self, written: int) -> None:
+        on_idle = getattr(self._manager, "on_idle", None)  # the HttpServer (None once the connection is lost)
+        if on_idle is not None and self._addresses is not None:
+            on_idle(self._addresses, self._consumed, written)
 
     def _idle(self) -> bool:
         """No request queued or being handled (also true before aiohttp's loop first waits)."""
@@ -87,7 +132,12 @@ class _DeadlineRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
         super().data_received(data)
-        if self._request_count != heads:
+        self._consumed += len(data)
+        new = self._request_count - heads
+        self._at_boundary = bool(new) and data.endswith(b"\r\n\r\n") and all(
+            isinstance(msg, RawRequestMessage) and not msg.chunked and msg.headers.get("Content-Length") in (None, "0")
+            for msg, _ in list(self._messages)[-new:])
+        if new:
             self._disarm()  # a whole head arrived; bytes after it in this chunk start no clock until more come
             self._partial = False
         elif data:
@@ -127,16 +177,19 @@ class ConnectionRegistry:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._open: dict[Addresses, _DeadlineRequestHandler] = {}
+        self._open: dict[Addresses, _RequestHandler] = {}
         self._pending: dict[Addresses, tuple[float, bool]] = {}
 
-    def add(self, addresses: Addresses, handler: _DeadlineRequestHandler) -> None:
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, addresses: Addresses, handler: _RequestHandler) -> None:
         self._open[addresses] = handler
         early = self._pending.pop(addresses, None)
         if early is not None and early[0] > self._loop.time():
             handler.kernel_answered_last(early[1])
 
-    def remove(self, addresses: Addresses, handler: _DeadlineRequestHandler) -> None:
+    def remove(self, addresses: Addresses, handler: _RequestHandler) -> None:
         if self._open.get(addresses) is handler:
             del self._open[addresses]
 
@@ -153,14 +206,16 @@ class ConnectionRegistry:
 
 
 class HttpServer(web.Server):
-    """aiohttp's low-level server with the deadline handler; `reconfigure` changes the limits for
+    """aiohttp's low-level server with our request handler; `reconfigure` changes the limits for
     connections accepted from then on (those already open keep theirs)."""
 
     def __init__(self, handler: StaticHandler, config: Config, **kwargs: Any) -> None:
         super().__init__(handler, **handler_limits(config), **kwargs)  # type: ignore[arg-type]
         self._header_timeout = config.header_timeout
+        self._max_connections = config.max_connections
         self._stats = handler.stats
         self.registry = ConnectionRegistry(self._loop)
+        self.on_idle: Callable[[Addresses, int, int], None] | None = None  # set when the kernel path runs
 
     def close_for_kernel(self, event: CloseEvent) -> None:
         """The kernel ended a connection with its answer: close our socket (see the handler)."""
@@ -170,7 +225,9 @@ class HttpServer(web.Server):
     def reconfigure(self, config: Config) -> None:
         self._kwargs.update(handler_limits(config))
         self._header_timeout = config.header_timeout
+        self._max_connections = config.max_connections
 
     def __call__(self) -> web.RequestHandler:
-        return _DeadlineRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
-                                       stats=self._stats, registry=self.registry, **self._kwargs)
+        return _RequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
+                               max_connections=self._max_connections, stats=self._stats, registry=self.registry,
+                               **self._kwargs)

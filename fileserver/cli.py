@@ -78,6 +78,8 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
               help="Close idle keep-alive connections after this many seconds.")
 @click.option("--header-timeout", type=float, default=20.0, envvar=_envvar("HEADER_TIMEOUT"),
               help="Close a connection whose request head is not complete after this many seconds (408).")
+@click.option("--max-connections", type=int, default=10_000, envvar=_envvar("MAX_CONNECTIONS"),
+              help="Most open connections; more are answered 503 and closed.")
 @click.option("--max-url-length", type=int, default=8190, envvar=_envvar("MAX_URL_LENGTH"),
               help="Longest request line (400 beyond).")
 @click.option("--max-header-size", type=int, default=8190, envvar=_envvar("MAX_HEADER_SIZE"),

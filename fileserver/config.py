@@ -32,6 +32,7 @@ class Config:
     max_memory_file_size: int = 1024 * 1024
     keepalive_timeout: float = 75.0
     header_timeout: float = 20.0
+    max_connections: int = 10_000
     max_url_length: int = 8190
     max_header_size: int = 8190
     max_headers: int = 128
@@ -66,6 +67,8 @@ class Config:
             raise ConfigError("--keepalive-timeout must be more than 0 seconds")
         if self.header_timeout <= 0:
             raise ConfigError("--header-timeout must be more than 0 seconds")
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections must be at least 1")
         for name, value in (("--max-url-length", self.max_url_length), ("--max-header-size", self.max_header_size),
                             ("--max-headers", self.max_headers)):
             if not 1 <= value <= 1 << 20:

@@ -117,13 +117,14 @@ class Counters:
     csum_partial: int = 0
     csum_full: int = 0
     sack_blanked: int = 0
+    returns: int = 0
     passes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
 
 # The maps bpf/maps.h declares (all but the per-build tail-call array `progs`).
 SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
-               "scratch", "answer_scratch", "close_events")
+               "scratch", "answer_scratch", "close_events", "user_idle")
 MAPS_SOURCE = BPF_DIR / "maps.c"
 # bcc's exported tables live in one process-wide registry keyed by name, and exporting a name again
 # keeps the first (closed) entry: every map set after the first in a process gets its own names.
@@ -368,6 +369,7 @@ class Datapath:
             csum_partial=total("csum_partial"),
             csum_full=total("csum_full"),
             sack_blanked=total("sack_blanked"),
+            returns=total("returns"),
             passes=passes,
             errors=errors,
         )
@@ -381,6 +383,19 @@ class Datapath:
                                 socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW))
 
         self._map("close_events").open_ring_buffer(raw)
+
+    def mark_user_idle(self, client_ip: str, client_port: int, server_ip: str, server_port: int,
+                       consumed: int, written: int) -> None:
+        """Userspace has answered everything it read from this connection (`consumed` bytes read,
+        `written` written in all): the kernel may take it back once the client has acknowledged
+        all of it (back_to_kernel)."""
+        table = self._map("user_idle")
+        key = table.Key()
+        key.client_ip, key.server_ip = _native_ipv4(client_ip), _native_ipv4(server_ip)
+        key.client_port, key.server_port = socket.htons(client_port), socket.htons(server_port)
+        leaf = table.Leaf()
+        leaf.consumed, leaf.written = consumed, written
+        table[key] = leaf
 
     def poll_close_events(self, timeout_ms: int) -> None:
         self.maps.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
@@ -421,6 +436,10 @@ class CloseEvent:
 class _CloseEventC(ct.Structure):
     _fields_ = [("client_ip", ct.c_uint32), ("server_ip", ct.c_uint32), ("client_port", ct.c_uint16),
                 ("server_port", ct.c_uint16), ("kind", ct.c_uint32)]
+
+
+def _native_ipv4(dotted: str) -> int:
+    return int(struct.unpack("=I", socket.inet_aton(dotted))[0])
 
 
 def _ipv4(native: int) -> str:

@@ -50,6 +50,9 @@ class KernelPath:
     def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
         """Where to send the connections the kernel ended (called in the event loop's thread)."""
 
+    def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
+        """Userspace has answered all it read from a connection: the kernel may take it back."""
+
     def counters(self) -> Counters:
         return Counters()
 
@@ -116,6 +119,12 @@ class ActiveKernelPath(KernelPath):
         self.dp.on_close_events(lambda ev: loop.call_soon_threadsafe(handler, ev))
         self._closer = threading.Thread(target=self._read_close_events, name="fileserver-close", daemon=True)
         self._closer.start()
+
+    def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
+        try:
+            self.dp.mark_user_idle(*addresses, consumed, written)
+        except (OSError, ValueError):  # not IPv4, or the map refused: the connection stays with userspace
+            pass
 
     def _read_close_events(self) -> None:
         """The kernel's close_events ring buffer wakes this thread; the handler runs in the loop."""

@@ -51,6 +51,11 @@ class FileserverCollector(Collector):
             "Connections closed because a request head did not arrive within --header-timeout",
             value=self.stats.header_timeouts,
         )
+        yield CounterMetricFamily(
+            "fileserver_connections_refused",
+            "Connections over --max-connections, answered 503 and closed",
+            value=self.stats.refused,
+        )
 
         passes = CounterMetricFamily(
             "fileserver_kernel_passes", "Requests the kernel passed to userspace, by reason", labels=["reason"]
@@ -66,6 +71,11 @@ class FileserverCollector(Collector):
             "fileserver_kernel_retransmits",
             "Lost kernel answers answered again after the client retransmitted the request",
             value=k.retransmits,
+        )
+        yield CounterMetricFamily(
+            "fileserver_kernel_returns",
+            "Connections handed back to the kernel once userspace had answered all it read and the client had it all",
+            value=k.returns,
         )
         xlate = CounterMetricFamily(
             "fileserver_kernel_translated_segments", "Segments whose sequence numbers were translated", labels=["direction"]

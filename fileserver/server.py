@@ -49,7 +49,7 @@ async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -
 
 # What a SIGHUP reload can change; everything else needs a restart (sockets, table sizes, ...).
 RELOADABLE = frozenset({
-    "root", "interfaces", "hot_after", "max_kernel_file_size", "keepalive_timeout", "header_timeout",
+    "root", "interfaces", "hot_after", "max_kernel_file_size", "keepalive_timeout", "header_timeout", "max_connections",
     "max_url_length", "max_header_size", "max_headers", "autoindex",
 })
 
@@ -88,6 +88,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         if kernel.enabled:
             handler.on_served = kernel.on_user_served
             kernel.set_close_handler(http.close_for_kernel)
+            http.on_idle = kernel.user_idle
 
         if config.metrics_port:
             from fileserver.metrics import Metrics, start_metrics

@@ -29,6 +29,7 @@ def snapshot(stats: "UserStats", kernel: "KernelPath", started: float) -> dict[s
         "passes": {r: v for r, v in k.passes.items() if v},
         "errors": {r: v for r, v in k.errors.items() if v},
         "retransmits": k.retransmits,
+        "returns": k.returns,
         "cache": kernel.cache_stats(),
         "hot_files": kernel.hot_files(10),
         "conn_state": {"entries": conns, "capacity": capacity},

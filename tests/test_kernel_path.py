@@ -63,8 +63,10 @@ def test_kernel_and_user_bytes_identical(netns: NetNS, site: Path, server_factor
     c = RawClient(netns)
     from_kernel = c.get("/style.css")
     assert srv.user_hits() == 0
-    c.get("/not-there")  # a miss: the connection now belongs to userspace
-    from_user = c.get("/style.css")
+    # Behind a miss in the same segment (pipelined), the request goes to userspace too.
+    c.send(b"GET /not-there HTTP/1.1\r\nHost: x\r\n\r\nGET /style.css HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert c.read_response().startswith(b"HTTP/1.1 404")
+    from_user = c.read_response()
     assert srv.user_hits() == 2 and srv.kernel_hits() == 1
     assert without_date(from_kernel) == without_date(from_user)
     date = split_response(from_kernel)[1]["date"]
@@ -79,8 +81,8 @@ def test_head_answered_by_kernel_like_userspace(netns: NetNS, site: Path, server
     full = c.get("/style.css")
     assert srv.kernel_hits() == 2 and srv.user_hits() == 0
     assert full.startswith(from_kernel) and split_response(full)[2] == SITE_FILES["style.css"]
-    c.get("/nope")  # now userspace owns the connection
-    c.send(b"HEAD /style.css HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD /style.css HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined: userspace
+    assert c.read_response().startswith(b"HTTP/1.1 404")
     from_user = c.read_response(head_only=True)
     assert srv.user_hits() == 2
     assert without_date(from_kernel) == without_date(from_user)
@@ -108,13 +110,17 @@ def test_conditional_get_answered_by_kernel(netns: NetNS, site: Path, server_fac
         before = srv.user_hits()
         resp = c.get("/style.css", f"If-None-Match: {value}\r\n")
         assert resp.startswith(b"HTTP/1.1 304") and srv.user_hits() == before + 1, value
-    # The connection went to userspace: its 304 must be the kernel's, byte for byte.
-    from_user = c.get("/style.css", f"If-None-Match: {etag}\r\n")
+    # Userspace's 304 (behind a miss in the same segment) must be the kernel's, byte for byte.
+    c.send(f"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n"
+           .encode())
+    assert c.read_response().startswith(b"HTTP/1.1 404")
+    from_user = c.read_response()
     assert without_date(from_user) == without_date(kernel["match"])
-    assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 1
+    # (each of the three lists passed as conditional: after each answer the connection came back)
+    assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 3
     c2 = RawClient(netns)
     c2.get("/style.css", f"If-None-Match: {etag}\r\nIf-None-Match: {etag}\r\n")
-    assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 2
+    assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 4
     # After a change the old ETag no longer matches: the new content comes back.
     (site / "style.css").write_bytes(b"changed\n")
     time.sleep(1.2)
@@ -273,10 +279,11 @@ def test_split_request_passes(netns: NetNS, site: Path, server_factory) -> None:
     time.sleep(0.2)
     c.send(b"st: x\r\n\r\n")
     assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
-    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # the connection now stays with userspace
+    assert srv.kernel_hits() == 0
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # userspace has it all: back to the kernel
     m = srv.metrics()
     assert m["fileserver_kernel_passes_total{reason=split}"] == 1
-    assert m["fileserver_requests_total{path=kernel}"] == 0
+    assert m["fileserver_requests_total{path=kernel}"] == 1 and m["fileserver_kernel_returns_total"] == 1
 
 
 def test_hot_after_n_user_hits(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
@@ -558,3 +565,32 @@ def test_ipv6_passes_untouched(netns: NetNS, site: Path, server_factory) -> None
         assert int(big) == len(SITE_FILES["big.bin"])
     assert srv.user_hits() == 6 and srv.kernel_hits() == 0
     assert srv.metrics()["fileserver_conn_state_entries"] == 0  # the programs never tracked them
+
+
+def test_connection_returns_to_kernel_after_userspace(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A connection that went to userspace comes back once userspace has answered all it read and
+    the client has it all; responses never change order on the way."""
+    srv = server_factory(site, "--hot-after", "0")
+    c = RawClient(netns)
+    assert c.get("/nope").startswith(b"HTTP/1.1 404")  # a miss: userspace
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # back in the kernel
+    assert (srv.user_hits(), srv.kernel_hits()) == (1, 1)
+    assert body_of(c.get("/big.bin")) == SITE_FILES["big.bin"]  # sendfile, many segments
+    for path in ("/style.css", "/hot.txt"):
+        assert body_of(c.get(path)) == SITE_FILES[path[1:]]
+    assert (srv.user_hits(), srv.kernel_hits()) == (2, 3)
+    assert srv.metrics()["fileserver_kernel_returns_total"] == 2
+    # A miss and a hit pipelined in one segment: both to userspace, in order.
+    c.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert c.read_response().startswith(b"HTTP/1.1 404")
+    assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+    # ... and in consecutive segments, the hit sent before the miss's answer came: still in order.
+    for _ in range(20):
+        c.send(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert body_of(c.read_response()) == SITE_FILES["big.bin"]
+        assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    m = srv.metrics()
+    assert m["fileserver_requests_total{path=user}"] == 4 + 40 and m["fileserver_requests_total{path=kernel}"] == 4
+    assert_no_tcp_trouble(netns)

@@ -135,7 +135,7 @@ def test_configured_limits_and_keepalive_timeout(netns: NetNS, site: Path, serve
                          "--max-header-size", "200", "--max-headers", "5")
     c = RawClient(netns)
     assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # kernel
-    assert c.get("/nope").startswith(b"HTTP/1.1 404")  # userspace owns the connection now
+    assert c.get("/nope").startswith(b"HTTP/1.1 404")  # userspace answers, then the connection idles
     time.sleep(2.5)  # idle longer than the keep-alive timeout: the server closes it
     c.sock.settimeout(2)
     assert c.sock.recv(100) == b""
@@ -146,3 +146,21 @@ def test_configured_limits_and_keepalive_timeout(netns: NetNS, site: Path, serve
         c.send(request)
         assert c.read_response(head_only=True).split(b" ")[1] in (b"400", b"414", b"431"), request[:40]
     assert srv.user_hits() == 1  # the parser refused them before any handler ran
+
+
+def test_max_connections_answers_503_beyond_the_limit(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    srv = server_factory(site, "--hot-after", "0", "--max-connections", "5")
+    held = [RawClient(netns) for _ in range(5)]
+    time.sleep(0.3)  # accepted
+    with netns.entered():
+        extra = socket.create_connection(("127.0.0.1", 8080), timeout=5)
+    reply = extra.recv(200)
+    assert reply.startswith(b"HTTP/1.1 503 Service Unavailable"), reply
+    assert extra.recv(10) == b""
+    assert body_of(held[0].get("/hot.txt")) == SITE_FILES["hot.txt"]  # those within the limit are served
+    held.pop().close()
+    time.sleep(0.3)
+    assert RawClient(netns).get("/nope").startswith(b"HTTP/1.1 404")  # room again
+    assert srv.metrics()["fileserver_connections_refused_total"] == 1
