@@ -89,6 +89,9 @@
 #ifndef CONN_ENTRIES
 #define CONN_ENTRIES 65536
 #endif
+/* user_idle entries: an LRU map is preallocated, so not one per possible connection. Losing an
+ * entry only keeps that connection in userspace until its next response. */
+#define USER_IDLE_ENTRIES 4096
 #define MAX_IFINDEX 4096        /* config array: per-interface largest frame, indexed by ifindex */
 #define MAX_IFSTATS 1024        /* per-interface counters for ifindex below this (others uncounted) */
 

@@ -71,7 +71,7 @@ FS_RINGBUF(close_events, CLOSE_EVENTS_PAGES);
 /* Connections userspace has finished with for now: how many bytes it had read from and written to
  * the socket when it last answered everything it read (back_to_kernel compares them with the
  * socket's own count and the client's acknowledgement). LRU: closed connections age out. */
-FS_TABLE("lru_hash", struct conn_key, struct user_idle, user_idle, CONN_ENTRIES, 0);
+FS_TABLE("lru_hash", struct conn_key, struct user_idle, user_idle, USER_IDLE_ENTRIES, 0);
 
 #ifndef FS_MAPS_ONLY
 /* Tail-call targets of this build: the parse stages, then one sender per size class. */

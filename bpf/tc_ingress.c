@@ -313,8 +313,12 @@ static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, 
         return 0;
     int back = 0;
     struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
-    if (tp && sk->state == BPF_TCP_ESTABLISHED && tp->bytes_received == idle->consumed && tp->snd_nxt == ack) {
-        cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands */
+    /* The socket must also have processed every segment before this one (one can wait in its
+     * backlog while the socket is busy): this request must start exactly at its rcv_nxt. */
+    __u32 seq = bpf_ntohl(p->tcp.seq) - cs->delta_in;
+    if (tp && sk->state == BPF_TCP_ESTABLISHED && tp->bytes_received == idle->consumed && tp->snd_nxt == ack &&
+        tp->rcv_nxt == seq) {
+        cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands (= this seq) */
         cs->srv_next = tp->snd_nxt + cs->delta_out;
         cs->flags &= ~(CONN_USER | CONN_ANSWERED);     /* (the last kernel answer is no longer undoable) */
         back = 1;

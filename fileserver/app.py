@@ -10,15 +10,14 @@ a connection (closing it after a kernel answer that ends it, handing it back whe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from fileserver.config import Config
 from fileserver.datapath import CloseEvent
-from fileserver.handlers import StaticHandler, UserStats, wire_size
+from fileserver.handlers import StaticHandler, UserStats
 
 # A closing answer the client never acknowledged (its ACK lost): close after this long anyway.
 CLOSE_FALLBACK_S = 3.0
@@ -43,7 +42,8 @@ class _RequestHandler(web.RequestHandler):
       for the first request and from the first byte of each later one (idle time between requests
       is the keep-alive timeout's business); else 408 (if part of it came) and close;
     - kernel_answered_last: close the socket after a kernel answer that ended the connection;
-    - finish_response: tell the kernel path when this connection has nothing left in userspace."""
+    - finish_response: tell the kernel path when this connection has nothing left in userspace;
+    - its timers ask the kernel path when it last saw the connection, before calling it idle."""
 
     def __init__(self, *args: Any, header_timeout: float, max_connections: int, stats: UserStats,
                  registry: "ConnectionRegistry", **kwargs: Any) -> None:
@@ -83,21 +83,16 @@ class _RequestHandler(web.RequestHandler):
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> Any:
-        """Around each response: if userspace will owe nothing on this connection once it is
-        written (nothing queued or half read), say so with the bytes read and written, so that the
-        kernel can take the connection back when the client has acknowledged every one of them
-        (bpf: back_to_kernel). Said before the bytes go out, with their predicted count, or a
-        quick client's next request could beat us to it; said again after, if the count differs.
-        A wrong count only keeps the connection in userspace: the kernel wants exact equality."""
-        predicted = None
-        if self._owes_nothing() and isinstance(resp, web.Response):
-            predicted = self._written + wire_size(resp)
-            self._tell_idle(predicted)
+        """After each response: if userspace now owes nothing on this connection (nothing queued or
+        half read), say so with the exact bytes read and written, so that the kernel can take the
+        connection back once the client has acknowledged every one of them (bpf: back_to_kernel).
+        Said only after the bytes are written: a count told early and wrong could let the kernel
+        answer between two parts of a response."""
         result = await super().finish_response(request, resp, start_time)
         self._written += request.writer.output_size  # status line, headers and written bodies
         if isinstance(resp, web.FileResponse) and request.method != "HEAD" and resp.status in (200, 206):
             self._written += resp.content_length or 0  # sent with sendfile, which the writer does not count
-        if self._written != predicted and self._owes_nothing():
+        if self._owes_nothing():
             self._tell_idle(self._written)
         return result
 
@@ -105,10 +100,29 @@ class _RequestHandler(web.RequestHandler):
         return (self._at_boundary and not self._messages and self._keepalive and not self._close
                 and not self._force_close and self.transport is not None)
 
+    def _kernel(self) -> "KernelLink | None":
+        return getattr(self._manager, "kernel", None)  # the HttpServer's (no manager once the connection is lost)
+
     def _tell_idle(self, written: int) -> None:
-        on_idle = getattr(self._manager, "on_idle", None)  # the HttpServer (None once the connection is lost)
-        if on_idle is not None and self._addresses is not None:
-            on_idle(self._addresses, self._consumed, written)
+        kernel = self._kernel()
+        if kernel is not None and self._addresses is not None:
+            kernel.user_idle(self._addresses, self._consumed, written)
+
+    def _kernel_quiet_for(self) -> float | None:
+        """Seconds since the kernel path saw this connection's last segment, if it answers requests
+        on it: those never reach us, so our timers must not take the connection for an idle one."""
+        kernel = self._kernel()
+        if kernel is None or self._addresses is None:
+            return None
+        return kernel.seconds_since_segment(self._addresses)
+
+    def _process_keepalive(self) -> None:
+        quiet = self._kernel_quiet_for()
+        if quiet is not None and quiet < self._keepalive_timeout and self._keepalive and not self._force_close:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout - quiet
+            self._keepalive_handle = self._loop.call_at(self._next_keepalive_close_time, self._process_keepalive)
+            return
+        super()._process_keepalive()
 
     def _idle(self) -> bool:
         """No request queued or being handled (also true before aiohttp's loop first waits)."""
@@ -159,6 +173,8 @@ class _RequestHandler(web.RequestHandler):
         if waiter is None or waiter.done():
             self._arm()  # a response is still being written: time spent on it is not the client's fault
             return
+        if not self._partial and self._kernel_quiet_for() is not None:
+            return  # nothing half-read, and the kernel answers here: idleness is the keep-alive timer's business
         self._stats.header_timeouts += 1
         if self._partial and self.transport is not None:
             self.transport.write(REQUEST_TIMEOUT_RESPONSE)
@@ -166,6 +182,14 @@ class _RequestHandler(web.RequestHandler):
 
 
 Addresses = tuple[str, int, str, int]  # client address and port, server address and port
+
+
+class KernelLink(Protocol):
+    """What the request handler needs from the kernel path (fileserver.kernel.KernelPath)."""
+
+    def user_idle(self, addresses: Addresses, consumed: int, written: int) -> None: ...
+
+    def seconds_since_segment(self, addresses: Addresses) -> float | None: ...
 
 
 class ConnectionRegistry:
@@ -215,7 +239,7 @@ class HttpServer(web.Server):
         self._max_connections = config.max_connections
         self._stats = handler.stats
         self.registry = ConnectionRegistry(self._loop)
-        self.on_idle: Callable[[Addresses, int, int], None] | None = None  # set when the kernel path runs
+        self.kernel: KernelLink | None = None  # set when the kernel path runs
 
     def close_for_kernel(self, event: CloseEvent) -> None:
         """The kernel ended a connection with its answer: close our socket (see the handler)."""

@@ -390,12 +390,19 @@ class Datapath:
         `written` written in all): the kernel may take it back once the client has acknowledged
         all of it (back_to_kernel)."""
         table = self._map("user_idle")
-        key = table.Key()
-        key.client_ip, key.server_ip = _native_ipv4(client_ip), _native_ipv4(server_ip)
-        key.client_port, key.server_port = socket.htons(client_port), socket.htons(server_port)
+        key = _conn_key(table, client_ip, client_port, server_ip, server_port)
         leaf = table.Leaf()
         leaf.consumed, leaf.written = consumed, written
         table[key] = leaf
+
+    def kernel_last_seen_ns(self, client_ip: str, client_port: int, server_ip: str, server_port: int) -> int | None:
+        """bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last segment of a connection the kernel has
+        answered requests on; None for any other."""
+        try:
+            leaf = self.conn_state[_conn_key(self.conn_state, client_ip, client_port, server_ip, server_port)]
+        except KeyError:
+            return None
+        return int(leaf.last_seen_ns) if leaf.delta_in else None
 
     def poll_close_events(self, timeout_ms: int) -> None:
         self.maps.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
@@ -440,6 +447,14 @@ class _CloseEventC(ct.Structure):
 
 def _native_ipv4(dotted: str) -> int:
     return int(struct.unpack("=I", socket.inet_aton(dotted))[0])
+
+
+def _conn_key(table: object, client_ip: str, client_port: int, server_ip: str, server_port: int) -> object:
+    """A struct conn_key (as the programs build it) for a table keyed by it."""
+    key = table.Key()  # type: ignore[attr-defined]
+    key.client_ip, key.server_ip = _native_ipv4(client_ip), _native_ipv4(server_ip)
+    key.client_port, key.server_port = socket.htons(client_port), socket.htons(server_port)
+    return key
 
 
 def _ipv4(native: int) -> str:

@@ -90,7 +90,7 @@ class StaticHandler:
         start = time.perf_counter()
         self.stats.requests += 1
         response = self._respond(request)
-        self.stats.response_bytes += wire_size(response)
+        self.stats.response_bytes += _wire_size(response)
         if self.latency is not None:
             self.latency.observe(time.perf_counter() - start)
         return response
@@ -179,7 +179,7 @@ class StaticHandler:
         return web.Response(body=page.encode(), headers=headers)
 
 
-def wire_size(response: web.StreamResponse) -> int:
+def _wire_size(response: web.StreamResponse) -> int:
     """Bytes of status line, headers and body as aiohttp will send them on an HTTP/1.1 keep-alive
     connection (it adds only Content-Length to what we set)."""
     status_line = len(f"HTTP/1.1 {response.status} {response.reason}\r\n")

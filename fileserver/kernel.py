@@ -53,6 +53,11 @@ class KernelPath:
     def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
         """Userspace has answered all it read from a connection: the kernel may take it back."""
 
+    def seconds_since_segment(self, addresses: tuple[str, int, str, int]) -> float | None:
+        """How long ago the kernel path last saw a segment of this connection, if it has answered
+        requests on it (None otherwise)."""
+        return None
+
     def counters(self) -> Counters:
         return Counters()
 
@@ -125,6 +130,13 @@ class ActiveKernelPath(KernelPath):
             self.dp.mark_user_idle(*addresses, consumed, written)
         except (OSError, ValueError):  # not IPv4, or the map refused: the connection stays with userspace
             pass
+
+    def seconds_since_segment(self, addresses: tuple[str, int, str, int]) -> float | None:
+        try:
+            seen = self.dp.kernel_last_seen_ns(*addresses)
+        except (OSError, ValueError):  # not IPv4
+            return None
+        return None if seen is None else (time.monotonic_ns() - seen) / 1e9
 
     def _read_close_events(self) -> None:
         """The kernel's close_events ring buffer wakes this thread; the handler runs in the loop."""

@@ -88,7 +88,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         if kernel.enabled:
             handler.on_served = kernel.on_user_served
             kernel.set_close_handler(http.close_for_kernel)
-            http.on_idle = kernel.user_idle
+            http.kernel = kernel
 
         if config.metrics_port:
             from fileserver.metrics import Metrics, start_metrics

@@ -164,3 +164,18 @@ def test_max_connections_answers_503_beyond_the_limit(netns: NetNS, site: Path, 
     time.sleep(0.3)
     assert RawClient(netns).get("/nope").startswith(b"HTTP/1.1 404")  # room again
     assert srv.metrics()["fileserver_connections_refused_total"] == 1
+
+
+def test_kernel_served_connection_outlives_userspace_timers(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Requests the kernel answers never reach userspace: its header and keep-alive timers must not
+    take such a connection for an idle one (and do close it once it really is idle)."""
+    srv = server_factory(site, "--hot-after", "0", "--header-timeout", "1", "--keepalive-timeout", "1.5")
+    c = RawClient(netns)
+    for _ in range(12):  # 3.6 s, more than both timeouts
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+        time.sleep(0.3)
+    assert srv.kernel_hits() == 12 and srv.user_hits() == 0
+    time.sleep(2.5)  # idle for real, longer than the keep-alive timeout
+    c.sock.settimeout(2)
+    assert c.sock.recv(10) == b""
+    assert srv.metrics()["fileserver_header_timeouts_total"] == 0  # closed as an idle keep-alive connection
