@@ -21,9 +21,10 @@ def test_metric_families_and_exact_counts(netns: NetNS, site: Path, server_facto
     m = srv.metrics()
     assert m["fileserver_requests_total{path=kernel}"] == 7
     assert m["fileserver_requests_total{path=user}"] == 3
-    # After each 404 the connection comes back to the kernel, which misses again.
-    assert m["fileserver_kernel_passes_total{reason=miss}"] == 3
-    assert m["fileserver_kernel_returns_total"] == 2
+    # After a 404 the connection may come back to the kernel (which then misses again) or, if this
+    # quick client beats userspace's note that it is idle, stay with userspace: 3 passes either way.
+    passes = m["fileserver_kernel_passes_total{reason=miss}"] + m.get("fileserver_kernel_passes_total{reason=user_owned}", 0)
+    assert passes == 3 and m["fileserver_kernel_returns_total"] == m["fileserver_kernel_passes_total{reason=miss}"] - 1
     assert m["fileserver_kernel_enabled{reason=}"] == 1
     assert m["fileserver_kernel_cache_entries"] >= 6
     assert m["fileserver_kernel_cache_updates_total{cause=hot}"] == m["fileserver_kernel_cache_entries"]
