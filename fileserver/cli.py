@@ -27,6 +27,9 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
 
 
+_DEFAULTS = Config()  # every option's default is the Config field's: one place for each
+
+
 def _envvar(name: str) -> str:
     return f"FILESERVER_{name}"
 
@@ -59,32 +62,32 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
 @click.option("-c", "--config", type=click.Path(path_type=Path, dir_okay=False), envvar=_envvar("CONFIG"),
               is_eager=True, expose_value=False, callback=_read_config_file,
               help="TOML file of settings (keys are the long option names); read again on SIGHUP.")
-@click.option("-d", "--root", type=click.Path(path_type=Path), default=Path("www"), envvar=_envvar("ROOT"), help="Document root.")
-@click.option("-p", "--port", type=int, default=8080, envvar=_envvar("PORT"), help="HTTP port.")
-@click.option("--bind", default="0.0.0.0", envvar=_envvar("BIND"), help="Address to listen on.")
-@click.option("-i", "--interface", "interfaces", multiple=True, default=("lo",), envvar=_envvar("INTERFACE"),
+@click.option("-d", "--root", type=click.Path(path_type=Path), default=_DEFAULTS.root, envvar=_envvar("ROOT"), help="Document root.")
+@click.option("-p", "--port", type=int, default=_DEFAULTS.port, envvar=_envvar("PORT"), help="HTTP port.")
+@click.option("--bind", default=_DEFAULTS.bind, envvar=_envvar("BIND"), help="Address to listen on.")
+@click.option("-i", "--interface", "interfaces", multiple=True, default=_DEFAULTS.interfaces, envvar=_envvar("INTERFACE"),
               help="Interface for the kernel path (repeatable; in the environment, space-separated).")
 @click.option("-n", "--no-kernel-cache", is_flag=True, envvar=_envvar("NO_KERNEL_CACHE"), help="Serve from userspace only.")
-@click.option("--metrics-port", type=int, default=9180, envvar=_envvar("METRICS_PORT"), help="Prometheus /metrics port (0 = off).")
-@click.option("--metrics-bind", default="127.0.0.1", envvar=_envvar("METRICS_BIND"), help="Address for the metrics endpoint.")
-@click.option("--hot-after", type=int, default=3, envvar=_envvar("HOT_AFTER"),
+@click.option("--metrics-port", type=int, default=_DEFAULTS.metrics_port, envvar=_envvar("METRICS_PORT"), help="Prometheus /metrics port (0 = off).")
+@click.option("--metrics-bind", default=_DEFAULTS.metrics_bind, envvar=_envvar("METRICS_BIND"), help="Address for the metrics endpoint.")
+@click.option("--hot-after", type=int, default=_DEFAULTS.hot_after, envvar=_envvar("HOT_AFTER"),
               help="Push a file to the kernel after N userspace hits (0 = every eligible file at start).")
-@click.option("--max-kernel-file-size", type=int, default=15 * 1024, envvar=_envvar("MAX_KERNEL_FILE_SIZE"),
+@click.option("--max-kernel-file-size", type=int, default=_DEFAULTS.max_kernel_file_size, envvar=_envvar("MAX_KERNEL_FILE_SIZE"),
               help=f"Largest file the kernel serves, in bytes (its response must also fit one segment; at most {KERNEL_MAX_RESPONSE}).")
-@click.option("--kernel-cache-entries", type=int, default=1024, envvar=_envvar("KERNEL_CACHE_ENTRIES"), help="Most files held in the kernel cache.")
-@click.option("--kernel-connections", type=int, default=65536, envvar=_envvar("KERNEL_CONNECTIONS"),
+@click.option("--kernel-cache-entries", type=int, default=_DEFAULTS.kernel_cache_entries, envvar=_envvar("KERNEL_CACHE_ENTRIES"), help="Most files held in the kernel cache.")
+@click.option("--kernel-connections", type=int, default=_DEFAULTS.kernel_connections, envvar=_envvar("KERNEL_CONNECTIONS"),
               help="Size of the kernel's connection table; connections beyond it are served by userspace.")
-@click.option("--keepalive-timeout", type=float, default=75.0, envvar=_envvar("KEEPALIVE_TIMEOUT"),
+@click.option("--keepalive-timeout", type=float, default=_DEFAULTS.keepalive_timeout, envvar=_envvar("KEEPALIVE_TIMEOUT"),
               help="Close idle keep-alive connections after this many seconds.")
-@click.option("--header-timeout", type=float, default=20.0, envvar=_envvar("HEADER_TIMEOUT"),
+@click.option("--header-timeout", type=float, default=_DEFAULTS.header_timeout, envvar=_envvar("HEADER_TIMEOUT"),
               help="Close a connection whose request head is not complete after this many seconds (408).")
-@click.option("--max-connections", type=int, default=10_000, envvar=_envvar("MAX_CONNECTIONS"),
+@click.option("--max-connections", type=int, default=_DEFAULTS.max_connections, envvar=_envvar("MAX_CONNECTIONS"),
               help="Most open connections; more are answered 503 and closed.")
-@click.option("--max-url-length", type=int, default=8190, envvar=_envvar("MAX_URL_LENGTH"),
+@click.option("--max-url-length", type=int, default=_DEFAULTS.max_url_length, envvar=_envvar("MAX_URL_LENGTH"),
               help="Longest request line (400 beyond).")
-@click.option("--max-header-size", type=int, default=8190, envvar=_envvar("MAX_HEADER_SIZE"),
+@click.option("--max-header-size", type=int, default=_DEFAULTS.max_header_size, envvar=_envvar("MAX_HEADER_SIZE"),
               help="Longest header field (400 beyond).")
-@click.option("--max-headers", type=int, default=128, envvar=_envvar("MAX_HEADERS"), help="Most header fields.")
+@click.option("--max-headers", type=int, default=_DEFAULTS.max_headers, envvar=_envvar("MAX_HEADERS"), help="Most header fields.")
 @click.option("--autoindex", is_flag=True, envvar=_envvar("AUTOINDEX"), help="List directories that have no index.html.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
 @click.option("--drop-all-capabilities", is_flag=True, envvar=_envvar("DROP_ALL_CAPABILITIES"),

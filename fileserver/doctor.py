@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIN_KERNEL = (5, 10)  # CAP_BPF (5.8), bounded loops, BPF_F_NO_PREALLOC hashes, clsact + direct action
-CAPS = {"CAP_NET_ADMIN": 12, "CAP_PERFMON": 38, "CAP_BPF": 39}
 
 
 @dataclass
@@ -54,12 +53,12 @@ def _bcc() -> Check:
 
 
 def _caps() -> Check:
+    from fileserver.privileges import missing_effective
+
     try:
-        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("CapEff:"))
-        eff = int(line.split()[1], 16)
-    except (OSError, StopIteration, ValueError):
-        return Check("capabilities", False, "cannot read /proc/self/status", "")
-    missing = [name for name, bit in CAPS.items() if not (eff >> bit) & 1]
+        missing = missing_effective()
+    except OSError as e:
+        return Check("capabilities", False, f"capget failed: {e}", "")
     if not missing:
         return Check("capabilities", True, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON")
     return Check("capabilities", False, "missing " + ", ".join(missing),

@@ -21,7 +21,15 @@ from contextlib import asynccontextmanager
 from fileserver.config import Config
 from fileserver.datapath import CloseEvent, Counters, Datapath
 from fileserver.handlers import DateCache
-from fileserver.privileges import CAP_NET_ADMIN, KERNEL_PATH_CAPS, drop_capabilities, permitted, raised
+from fileserver.privileges import (
+    CAP_BPF,
+    CAP_NET_ADMIN,
+    KERNEL_PATH_CAPS,
+    drop_capabilities,
+    missing_effective,
+    permitted,
+    raised,
+)
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache, Snapshot
 
@@ -324,12 +332,10 @@ def _privilege_problem() -> str | None:
     if os.geteuid() == 0:
         return None
     try:
-        with open("/proc/self/status") as f:
-            capeff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError):
+        missing = missing_effective(frozenset({CAP_BPF, CAP_NET_ADMIN}))
+    except OSError:
         return "not running as root"
-    cap_net_admin, cap_bpf = 12, 39
-    if not (capeff >> cap_bpf) & 1 or not (capeff >> cap_net_admin) & 1:
+    if missing:
         return "not root and lacking CAP_BPF/CAP_NET_ADMIN (run as root, or via the systemd unit)"
     return None
 

@@ -23,6 +23,7 @@ CAP_NET_ADMIN = 12
 CAP_PERFMON = 38
 CAP_BPF = 39
 KERNEL_PATH_CAPS = frozenset({CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF})
+CAP_NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_PERFMON: "CAP_PERFMON", CAP_BPF: "CAP_BPF"}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
@@ -71,6 +72,12 @@ def drop_capabilities(keep_permitted: frozenset[int] = KERNEL_PATH_CAPS) -> None
         data[word].inheritable = 0
     if libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
+
+
+def missing_effective(caps: frozenset[int] = KERNEL_PATH_CAPS) -> list[str]:
+    """Names of the capabilities in `caps` this thread does not have in effect now."""
+    _, _, data = _get()
+    return [CAP_NAMES[c] for c in sorted(caps) if not data[c // 32].effective >> (c % 32) & 1]
 
 
 def permitted(caps: frozenset[int] = KERNEL_PATH_CAPS) -> bool:
