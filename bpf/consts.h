@@ -39,9 +39,12 @@
 /* The request is scanned in windows of PARSE_WINDOW bytes, one tail-called program each. */
 #define PARSE_WINDOW 512
 #define NR_PARSE_STAGES (MAX_REQ / PARSE_WINDOW)
-/* Slots of the progs tail-call array (fileserver/datapath.py fills them). */
+/* Slots of the progs tail-call array (fileserver/datapath.py fills them): the parse stages, one
+ * sender per size class, one segment sender per size class. */
 #define PROG_PARSE0 0
 #define PROG_SEND0 NR_PARSE_STAGES
+#define PROG_SEG0 (PROG_SEND0 + NR_CLASSES)
+#define NR_PROGS (PROG_SEG0 + NR_CLASSES)
 
 /* Request-target bytes (path + query) scanned; the key holds the path without the query. */
 #define MAX_TARGET 256
@@ -53,6 +56,15 @@
 
 /* bpf_skb_change_tail cannot grow an skb beyond SKB_MAX_ALLOC = 16,064 bytes on this kernel. */
 #define MAX_FRAME 16064
+
+/* Multi-segment answers (DESIGN.md section 2). Every segment is a clone of the request skb sent by
+ * fs_seg<cls>, which tail-calls itself for the next: the kernel allows 33 tail calls per packet
+ * and the parse stages and sender take 3 or 4, so MAX_SEGS stays well below. Each segment holds
+ * at most the client's MSS (less the timestamp option) and what the link's frame allows. */
+#define MAX_SEGS 24
+#define MIN_SEG_PAYLOAD 512     /* below this (a tiny MSS), larger answers pass to userspace */
+#define MAX_SEG_PAYLOAD (MAX_FRAME - ETH_HLEN_ - IPV4_HLEN - TCP_HLEN)
+#define DEFAULT_MSS 536         /* RFC 9293 section 3.7.1: when the SYN has no MSS option */
 
 /* The Date header: userspace keeps " " + IMF-fixdate (29 bytes) + CRLF = 32 bytes fresh in the
  * clock map; the kernel copies them to this offset of every response ("HTTP/1.1 200 OK\r\nDate:"
@@ -81,7 +93,8 @@
 #define CLASS2_DATA (4096 - CLASS_OVERHEAD)
 #define CLASS3_DATA (8192 - CLASS_OVERHEAD)
 #define CLASS4_DATA (16384 - CLASS_OVERHEAD)
-#define NR_CLASSES 5
+#define CLASS5_DATA (32768 - CLASS_OVERHEAD)   /* over one skb: lo needs several too */
+#define NR_CLASSES 6
 
 #ifndef CACHE_ENTRIES
 #define CACHE_ENTRIES 1024
@@ -105,6 +118,10 @@
 #define CONN_WS_OK 4            /* window scaling negotiated (SYN and SYN-ACK both carried it) */
 #define CONN_CLOSING 8          /* the kernel's last answer ends the connection: userspace closes the socket */
 #define CONN_CLOSE_ACKED 16     /* ... and the client has acknowledged it (userspace was told) */
+#define CONN_TS_SEEN 32         /* srv_tsval holds a TSval the server socket sent */
+#define CONN_SOCK_ACK 64        /* back from userspace on a segment whose ACK the socket has not seen */
+#define CONN_UNACKED 128        /* a multi-segment answer the client has not wholly acknowledged (and
+                                 * whose request the kernel has not acknowledged yet) */
 
 /* Response variants: how aiohttp answers each form of request, reproduced byte for byte. The
  * stored bytes are the first; the others differ in the status line's version digit and/or one
@@ -130,4 +147,5 @@
 /* close_events: what userspace hears about connections the kernel ended. */
 #define CLOSE_WANTED 1          /* answered with a closing variant: close once acknowledged (or soon) */
 #define CLOSE_NOW 2             /* the client acknowledged that answer: close the socket now */
+#define CLOSE_ABORT 3           /* an answer cannot be completed (its version is gone): reset the connection */
 #define CLOSE_EVENTS_PAGES 16

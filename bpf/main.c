@@ -34,3 +34,11 @@ int fs_send1(struct __sk_buff *skb) { return handle_send(skb, 1); }
 int fs_send2(struct __sk_buff *skb) { return handle_send(skb, 2); }
 int fs_send3(struct __sk_buff *skb) { return handle_send(skb, 3); }
 int fs_send4(struct __sk_buff *skb) { return handle_send(skb, 4); }
+int fs_send5(struct __sk_buff *skb) { return handle_send(skb, 5); }
+
+int fs_seg0(struct __sk_buff *skb) { return handle_seg(skb, 0); }
+int fs_seg1(struct __sk_buff *skb) { return handle_seg(skb, 1); }
+int fs_seg2(struct __sk_buff *skb) { return handle_seg(skb, 2); }
+int fs_seg3(struct __sk_buff *skb) { return handle_seg(skb, 3); }
+int fs_seg4(struct __sk_buff *skb) { return handle_seg(skb, 4); }
+int fs_seg5(struct __sk_buff *skb) { return handle_seg(skb, 5); }

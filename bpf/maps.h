@@ -42,6 +42,7 @@ FS_TABLE("hash", __u32, struct body1, body_2k, CACHE_ENTRIES, BPF_F_NO_PREALLOC)
 FS_TABLE("hash", __u32, struct body2, body_4k, CACHE_ENTRIES, BPF_F_NO_PREALLOC);
 FS_TABLE("hash", __u32, struct body3, body_8k, CACHE_ENTRIES, BPF_F_NO_PREALLOC);
 FS_TABLE("hash", __u32, struct body4, body_16k, CACHE_ENTRIES, BPF_F_NO_PREALLOC);
+FS_TABLE("hash", __u32, struct body5, body_32k, CACHE_ENTRIES, BPF_F_NO_PREALLOC);
 
 /* Per-connection translation state. A plain hash, not LRU: evicting a live connection that has
  * deltas would break it, whereas a full table only means new connections stay in userspace
@@ -75,5 +76,5 @@ FS_TABLE("lru_hash", struct conn_key, struct user_idle, user_idle, USER_IDLE_ENT
 
 #ifndef FS_MAPS_ONLY
 /* Tail-call targets of this build: the parse stages, then one sender per size class. */
-BPF_PROG_ARRAY(progs, PROG_SEND0 + NR_CLASSES);
+BPF_PROG_ARRAY(progs, NR_PROGS);
 #endif

@@ -104,6 +104,53 @@ static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
     return opt[at + 2] > 14 ? 14 : opt[at + 2];   /* RFC 7323 section 2.3: at most 14 */
 }
 
+/* The timestamp option of a segment with any option layout (the server socket adds SACK blocks
+ * when it has some, a client its own on duplicate ACKs): 1 and both values as sent (network order)
+ * if there is one. */
+static __always_inline int find_ts(struct __sk_buff *skb, struct pkt *p, __u32 *tsval, __u32 *tsecr)
+{
+    __u8 opt[TCP_MAX_OPTLEN] = {};
+    __u32 olen = tcp_optlen(p);
+    if (olen == 0 || olen > TCP_MAX_OPTLEN)
+        return 0;
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
+        return 0;
+    __u32 at = 0, len = 0;
+    if (!tcp_find_option(opt, olen, 8, &at, &len) || len != 10 || at > TCP_MAX_OPTLEN - 10)
+        return 0;
+    __builtin_memcpy(tsval, &opt[at + 2], 4);
+    __builtin_memcpy(tsecr, &opt[at + 6], 4);
+    return 1;
+}
+
+/* Does the segment carry a SACK option (the client holds data beyond a hole)? */
+static __always_inline int has_sack(struct __sk_buff *skb, struct pkt *p)
+{
+    __u8 opt[TCP_MAX_OPTLEN] = {};
+    __u32 olen = tcp_optlen(p);
+    if (olen == 0 || olen > TCP_MAX_OPTLEN)
+        return 0;
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
+        return 0;
+    __u32 at = 0, len = 0;
+    return tcp_find_option(opt, olen, 5, &at, &len);
+}
+
+/* The MSS option of a SYN (RFC 9293 section 3.7.1: 536 when absent). */
+static __always_inline __u32 parse_mss(struct __sk_buff *skb, struct pkt *p)
+{
+    __u8 opt[TCP_MAX_OPTLEN] = {};
+    __u32 olen = tcp_optlen(p);
+    if (olen == 0 || olen > TCP_MAX_OPTLEN)
+        return DEFAULT_MSS;
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
+        return DEFAULT_MSS;
+    __u32 at = 0, len = 0;
+    if (!tcp_find_option(opt, olen, 2, &at, &len) || len != 4 || at > TCP_MAX_OPTLEN - 4)
+        return DEFAULT_MSS;
+    return ((__u32)opt[at + 2] << 8) | opt[at + 3];
+}
+
 /* ---- HTTP ------------------------------------------------------------------------------------ */
 
 static __always_inline __u8 lc(__u8 c) { return c | 0x20; }   /* letters only; others may alias */

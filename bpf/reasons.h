@@ -34,5 +34,6 @@ enum kernel_error {
     ERR_CONN_FULL,          /* conn_state full: the connection is served by userspace */
     ERR_XLATE,              /* rewriting a sequence number failed */
     ERR_CLOSE_LOST,         /* close_events was full: userspace closes that socket on a timer instead */
+    ERR_RESEND_GONE,        /* a lost segment's version was deleted: the connection is reset */
     NR_KERNEL_ERRORS,
 };

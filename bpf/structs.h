@@ -46,6 +46,7 @@ BODY_STRUCT(1, CLASS1_DATA);
 BODY_STRUCT(2, CLASS2_DATA);
 BODY_STRUCT(3, CLASS3_DATA);
 BODY_STRUCT(4, CLASS4_DATA);
+BODY_STRUCT(5, CLASS5_DATA);
 
 /* One TCP connection to the server, keyed by the client->server 4-tuple (IPv4 for now). */
 struct conn_key {
@@ -70,6 +71,18 @@ struct conn_state {
     __u8 client_wscale;     /* client's window scale shift (from its SYN) */
     __u8 pad;
     __u32 srv_isn1;         /* the server socket's first data sequence number (ISN + 1; its own view) */
+    __u32 srv_tsval;        /* newest TSval sent on the connection, by the socket or the kernel
+                             * (host order; valid with CONN_TS_SEEN) */
+    /* The last answer, kept so lost segments of a multi-segment answer can be sent again with the
+     * same bytes (its Date is in the first segment, which is resent only if the client has none). */
+    __u32 resp_id;          /* body id */
+    __u8 resp_cls;          /* its size class */
+    __u8 resp_kind;         /* KIND_* */
+    __u8 resp_variant;      /* VAR_* */
+    __u8 pad2;
+    __u16 seg_size;         /* payload bytes per segment */
+    __u16 client_mss;       /* from the client's SYN */
+    __u32 fast_ack;         /* last duplicate ACK a segment was resent for (once per hole) */
 };
 
 /* user_idle value: what userspace had read from and written to a connection's socket when it last
@@ -102,6 +115,10 @@ struct counters {
     __u64 csum_full;        /* responses with a full software checksum */
     __u64 sack_blanked;     /* SACK options turned into NOPs */
     __u64 returns;          /* connections handed back from userspace to the kernel */
+    __u64 segments;         /* segments of multi-segment answers after the first */
+    __u64 resent;           /* segments of multi-segment answers sent again */
+    __u64 acks;             /* pure ACKs sent for requests answered in several segments */
+    __u64 held;             /* segments dropped while a multi-segment answer was in flight */
     __u64 pass[NR_PASS_REASONS];
     __u64 errors[NR_KERNEL_ERRORS];
 };
@@ -146,6 +163,14 @@ struct answer_ctx {
     int is_head;                /* answer with the headers only */
     __u32 inm_pos;              /* If-None-Match value in the request buffer, 0 if none */
     __u32 variant;              /* VAR_*: how to answer */
+    /* For fs_seg<cls>: send answer bytes [seg_off, seg_end) of the connection's last answer (none:
+     * a pure ACK), acknowledging ack_seq, with these timestamps (network order). */
+    __u32 seg_off;
+    __u32 seg_end;
+    __u32 ack_seq;
+    __u32 tsval;
+    __u32 tsecr;
+    __u32 seg_resend;           /* these segments were sent before (counted as resent) */
 };
 
 /* One record of the close_events ring buffer. */

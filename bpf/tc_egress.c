@@ -14,6 +14,14 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
     struct conn_state *cs = conn_state.lookup(&k);
     if (!cs)
         return TC_ACT_UNSPEC;
+    /* The newest TSval the client may have seen: a kernel answer must not carry an older one. */
+    __u32 tsval, tsecr;
+    if (find_ts(skb, &p, &tsval, &tsecr)) {
+        tsval = bpf_ntohl(tsval);
+        if (!(cs->flags & CONN_TS_SEEN) || (__s32)(tsval - cs->srv_tsval) > 0)
+            cs->srv_tsval = tsval;
+        cs->flags |= CONN_TS_SEEN;
+    }
     if (p.tcp.syn) {
         /* SYN-ACK: scaling is on only if both sides offered it (RFC 7323 section 1.3). */
         int ws = parse_wscale(skb, &p);

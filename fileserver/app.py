@@ -10,6 +10,8 @@ a connection (closing it after a kernel answer that ends it, handing it back whe
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any, Protocol, cast
 
 from aiohttp import web
@@ -143,6 +145,17 @@ class _RequestHandler(web.RequestHandler):
         else:
             self.close()
 
+    def reset(self) -> None:
+        """End the connection with a reset: a kernel answer on it can no longer be completed, and
+        a client must not take a truncated answer for a whole one."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
         super().data_received(data)
@@ -217,6 +230,11 @@ class ConnectionRegistry:
         if self._open.get(addresses) is handler:
             del self._open[addresses]
 
+    def reset(self, addresses: Addresses) -> None:
+        handler = self._open.get(addresses)
+        if handler is not None:
+            handler.reset()
+
     def close_for_kernel(self, addresses: Addresses, acked: bool) -> None:
         handler = self._open.get(addresses)
         if handler is not None:
@@ -243,8 +261,11 @@ class HttpServer(web.Server):
 
     def close_for_kernel(self, event: CloseEvent) -> None:
         """The kernel ended a connection with its answer: close our socket (see the handler)."""
-        self.registry.close_for_kernel(
-            (event.client_ip, event.client_port, event.server_ip, event.server_port), event.acked)
+        addresses = (event.client_ip, event.client_port, event.server_ip, event.server_port)
+        if event.abort:
+            self.registry.reset(addresses)
+        else:
+            self.registry.close_for_kernel(addresses, event.acked)
 
     def reconfigure(self, config: Config) -> None:
         self._kwargs.update(handler_limits(config))

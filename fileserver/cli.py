@@ -73,7 +73,7 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
 @click.option("--hot-after", type=int, default=_DEFAULTS.hot_after, envvar=_envvar("HOT_AFTER"),
               help="Push a file to the kernel after N userspace hits (0 = every eligible file at start).")
 @click.option("--max-kernel-file-size", type=int, default=_DEFAULTS.max_kernel_file_size, envvar=_envvar("MAX_KERNEL_FILE_SIZE"),
-              help=f"Largest file the kernel serves, in bytes (its response must also fit one segment; at most {KERNEL_MAX_RESPONSE}).")
+              help=f"Largest file the kernel serves, in bytes (its response must also fit the largest cache entry, {KERNEL_MAX_RESPONSE} bytes).")
 @click.option("--kernel-cache-entries", type=int, default=_DEFAULTS.kernel_cache_entries, envvar=_envvar("KERNEL_CACHE_ENTRIES"), help="Most files held in the kernel cache.")
 @click.option("--kernel-connections", type=int, default=_DEFAULTS.kernel_connections, envvar=_envvar("KERNEL_CONNECTIONS"),
               help="Size of the kernel's connection table; connections beyond it are served by userspace.")

@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# Largest response the kernel can send in one skb: bpf_skb_change_tail stops at 16,064 bytes
-# (SKB_MAX_ALLOC, DESIGN.md section 3), minus Ethernet (14), IPv4 (20) and TCP with timestamps (32).
-KERNEL_MAX_RESPONSE = 16_064 - 14 - 20 - 32
+# Largest response a cache entry holds: the largest size class (bpf/consts.h: 32 KiB less the map
+# element's overhead and the entry's header and 304 answer). The kernel sends it in segments of
+# at most one skb (bpf_skb_change_tail stops at 16,064 bytes; DESIGN.md section 3) and the link's MTU.
+KERNEL_MAX_RESPONSE = 32_768 - 128 - 256
 
 
 class ConfigError(ValueError):
@@ -25,7 +26,7 @@ class Config:
     metrics_port: int = 9180
     metrics_bind: str = "127.0.0.1"
     hot_after: int = 3
-    max_kernel_file_size: int = 15 * 1024
+    max_kernel_file_size: int = 16 * 1024
     kernel_cache_entries: int = 1024
     kernel_connections: int = 65536
     memory_cache_bytes: int = 64 * 1024 * 1024
@@ -61,7 +62,7 @@ class Config:
         if not 0 < self.max_kernel_file_size <= KERNEL_MAX_RESPONSE:
             raise ConfigError(
                 f"--max-kernel-file-size must be between 1 and {KERNEL_MAX_RESPONSE} bytes "
-                "(one kernel-built segment holds at most that much)"
+                "(the largest kernel cache entry holds at most that much)"
             )
         if self.keepalive_timeout <= 0:
             raise ConfigError("--keepalive-timeout must be more than 0 seconds")

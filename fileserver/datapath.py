@@ -36,9 +36,10 @@ DATE_SLOT_LEN = 32
 NM_REGION = 256
 MAX_FRAME = 16064
 BODY_HEADER = 48  # struct body_hdr before the data (bpf/structs.h)
-BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k")
+BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k", "body_32k")
 PARSE_STAGES = 2
 PROG_SEND0 = PARSE_STAGES
+PROG_SEG0 = PROG_SEND0 + len(BODY_MAPS)
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
@@ -82,14 +83,47 @@ def body_checksum(response: bytes, date_slot: int = DATE_SLOT_OFFSET) -> int:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """bcc and libbpf print compiler errors and verifier logs on fd 2: capture them."""
+def _exit_witness(saved_stderr: int, capture: int) -> Iterator[None]:
+    """LLVM ends the whole process with exit(1) on some backend errors (the BPF stack limit, for
+    one) while fd 2 is captured, so the process would vanish without a word. A forked witness
+    waits on a pipe: if it closes without our "done" (the process died), it copies the captured
+    text to the real stderr. (A C exit hook cannot call back into a finalized interpreter.)"""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the witness: only raw system calls until _exit
+        try:
+            os.close(w)
+            said = b""
+            while chunk := os.read(r, 16):
+                said += chunk
+            if said != b"done":
+                os.lseek(capture, 0, os.SEEK_SET)
+                text = b""
+                while chunk := os.read(capture, 1 << 16):
+                    text += chunk
+                os.write(saved_stderr, b"fileserver: the BPF compiler ended the process:\n" + text + b"\n")
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        yield
+    finally:
+        os.write(w, b"done")
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def _captured_stderr(witness: bool = False) -> Iterator[list[str]]:
+    """bcc and libbpf print compiler errors and verifier logs on fd 2: capture them (with a
+    witness for the compiler, which may end the process)."""
     captured: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
         try:
-            yield captured
+            with _exit_witness(saved, tmp.fileno()) if witness else contextlib.nullcontext():
+                yield captured
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -118,6 +152,10 @@ class Counters:
     csum_full: int = 0
     sack_blanked: int = 0
     returns: int = 0
+    segments: int = 0
+    resent: int = 0
+    acks: int = 0
+    held: int = 0
     passes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -140,7 +178,7 @@ def _rename_maps(text: str, suffix: str) -> str:
 def _compile(text: str, cflags: list[str], verbose: bool) -> object:
     from bcc import BPF  # type: ignore[import-not-found]
 
-    with _captured_stderr() as out:
+    with _captured_stderr(witness=True) as out:
         try:
             bpf = BPF(text=text.encode(), cflags=cflags)
         except Exception:
@@ -200,7 +238,7 @@ class Datapath:
             raise
         self.programs: dict[str, object] = {}
         names = ["fs_ingress", "fs_egress"] + [f"fs_parse{i}" for i in range(PARSE_STAGES)]
-        names += [f"fs_send{i}" for i in range(len(BODY_MAPS))]
+        names += [f"fs_send{i}" for i in range(len(BODY_MAPS))] + [f"fs_seg{i}" for i in range(len(BODY_MAPS))]
         for name in names:
             with _captured_stderr() as out:
                 try:
@@ -221,6 +259,7 @@ class Datapath:
             progs[ct.c_int(i)] = ct.c_int(self.programs[f"fs_parse{i}"].fd)  # type: ignore[attr-defined]
         for i in range(len(BODY_MAPS)):
             progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
+            progs[ct.c_int(PROG_SEG0 + i)] = ct.c_int(self.programs[f"fs_seg{i}"].fd)  # type: ignore[attr-defined]
         self.file_cache = self._map("file_cache")
         self.bodies = [self._map(name) for name in BODY_MAPS]
         self.class_sizes = [ct.sizeof(m.Leaf) - BODY_HEADER - NM_REGION for m in self.bodies]
@@ -370,6 +409,10 @@ class Datapath:
             csum_full=total("csum_full"),
             sack_blanked=total("sack_blanked"),
             returns=total("returns"),
+            segments=total("segments"),
+            resent=total("resent"),
+            acks=total("acks"),
+            held=total("held"),
             passes=passes,
             errors=errors,
         )
@@ -380,7 +423,7 @@ class Datapath:
         def raw(_ctx: object, data: int, _size: int) -> None:
             ev = ct.cast(data, ct.POINTER(_CloseEventC)).contents
             callback(CloseEvent(_ipv4(ev.client_ip), socket.ntohs(ev.client_port), _ipv4(ev.server_ip),
-                                socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW))
+                                socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW, ev.kind == CLOSE_ABORT))
 
         self._map("close_events").open_ring_buffer(raw)
 
@@ -426,18 +469,21 @@ class Datapath:
 
 
 CLOSE_NOW = 2  # bpf/consts.h: the client acknowledged the closing answer (CLOSE_WANTED = 1: answered)
+CLOSE_ABORT = 3  # a kernel answer cannot be completed: reset the connection
 
 
 @dataclass(frozen=True)
 class CloseEvent:
     """The kernel answered a request that ends its connection (Connection: close, HTTP/1.0):
-    userspace must close the server socket; `acked`: the client has the whole answer."""
+    userspace must close the server socket; `acked`: the client has the whole answer. `abort`: a
+    multi-segment answer lost a segment whose version is gone: reset the connection instead."""
 
     client_ip: str
     client_port: int
     server_ip: str
     server_port: int
     acked: bool
+    abort: bool = False
 
 
 class _CloseEventC(ct.Structure):

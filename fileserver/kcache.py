@@ -5,6 +5,10 @@ pushed: its full 200 response, built by the same code as the userspace response,
 map of its size class under a fresh id, then file_cache is pointed at it, then the old body is
 deleted. Readers therefore see one whole version or miss. The number of entries is bounded; the
 least recently hit entry (kernel or userspace) is evicted to make room.
+
+A replaced or dropped body is deleted only RESEND_GRACE_S later: a kernel answer of several
+segments may have to send a lost one again, with the bytes of the version it started with (without
+them the kernel resets that connection rather than mix versions).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from fileserver.resolve import INDEX_FILE, Outcome, Resolver, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
 log = logging.getLogger("fileserver.kcache")
+
+RESEND_GRACE_S = 30.0     # longer than a client's retransmission backoff takes to give up on a loss burst
+MAX_RETIRED = 256         # retired bodies kept at most (each holds a slot of its size class)
 
 
 @dataclass
@@ -62,6 +69,7 @@ class KernelCache:
         self._hits: Counter[str] = Counter()
         self._next_id = 1
         self._lock = threading.RLock()
+        self._retired: list[tuple[float, int, int]] = []   # (delete after, class, body id)
 
     # -- policy -----------------------------------------------------------------------------------
 
@@ -154,16 +162,15 @@ class KernelCache:
             body_id = self._next_id
             self._next_id = (self._next_id % 0xFFFFFFFF) + 1
             try:
-                self.dp.put_body(cls, body_id, response, len(head),
-                                 not_modified_head(snap.validators, self.date()), snap.validators.etag.encode())
+                self._put_body(cls, body_id, response, len(head), snap)
                 self.dp.set_ref(url_path, body_id, cls)
-            except (OSError, KeyError, ValueError) as e:
+            except Exception as e:  # bcc raises plain Exception for a full map
                 # A full map or an oversized key: the request is simply served by userspace.
                 log.debug("could not push %s to the kernel cache: %s", url_path, e)
                 self.dp.delete_body(cls, body_id)
                 return False
             if old is not None:
-                self.dp.delete_body(old.cls, old.body_id)
+                self._retire(old.cls, old.body_id)
                 self.stats.bytes -= old.size
             self.entries[url_path] = Entry(url_path, snap.path, snap.validators, body_id, cls, len(response), time.monotonic_ns())
             self.stats.bytes += len(response)
@@ -183,7 +190,7 @@ class KernelCache:
             if entry is None:
                 return
             self.dp.delete_ref(url_path)
-            self.dp.delete_body(entry.cls, entry.body_id)
+            self._retire(entry.cls, entry.body_id)
             self.stats.bytes -= entry.size
             self.stats.entries = len(self.entries)
             if evicted:
@@ -191,6 +198,36 @@ class KernelCache:
             else:
                 self.stats.updates_deleted += 1
         log.debug("kernel cache: %s %s", "evicted" if evicted else "dropped", url_path)
+
+    def _put_body(self, cls: int, body_id: int, response: bytes, head_len: int, snap: Snapshot) -> None:
+        args = (response, head_len, not_modified_head(snap.validators, self.date()), snap.validators.etag.encode())
+        try:
+            self.dp.put_body(cls, body_id, *args)
+        except Exception:
+            # The class's map may be full of retired bodies: give up the oldest one's grace.
+            oldest = next((r for r in self._retired if r[1] == cls), None)
+            if oldest is None:
+                raise
+            self._retired.remove(oldest)
+            self.dp.delete_body(cls, oldest[2])
+            self.dp.put_body(cls, body_id, *args)
+
+    def _retire(self, cls: int, body_id: int) -> None:
+        """No reference points at this body any more; delete it after the grace period."""
+        self._retired.append((time.monotonic() + RESEND_GRACE_S, cls, body_id))
+        while len(self._retired) > MAX_RETIRED:
+            _, c, b = self._retired.pop(0)
+            self.dp.delete_body(c, b)
+
+    def reap(self, now: float | None = None) -> int:
+        """Delete the retired bodies whose grace period is over; how many."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            due = [r for r in self._retired if r[0] <= now]
+            self._retired = [r for r in self._retired if r[0] > now]
+            for _, cls, body_id in due:
+                self.dp.delete_body(cls, body_id)
+        return len(due)
 
     def _evict_one(self) -> None:
         kernel_hits = self.dp.entry_hits()

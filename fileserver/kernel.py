@@ -199,6 +199,7 @@ class ActiveKernelPath(KernelPath):
                 with self._lock:
                     self._refresh_mtus()
                     self.cache.sweep()
+                    self.cache.reap()
                 if time.monotonic() - last_gc > GC_INTERVAL_S:
                     last_gc = time.monotonic()
                     removed = self.dp.gc_connections(self.config.port)
@@ -305,7 +306,11 @@ class ActiveKernelPath(KernelPath):
     # -- queries ----------------------------------------------------------------------------------
 
     def on_user_served(self, path: str, snap: Snapshot) -> None:
-        self.cache.on_user_served(path, snap)
+        """Count a userspace answer towards hotness; never let the kernel cache fail that answer."""
+        try:
+            self.cache.on_user_served(path, snap)
+        except Exception:
+            log.exception("kernel cache update for %s failed (the file is still served from userspace)", path)
 
     def counters(self) -> Counters:
         return self.dp.counters()

@@ -77,6 +77,18 @@ class FileserverCollector(Collector):
             "Connections handed back to the kernel once userspace had answered all it read and the client had it all",
             value=k.returns,
         )
+        segs = CounterMetricFamily(
+            "fileserver_kernel_segments",
+            "Segments of kernel answers longer than one segment, by kind: first sending after the first "
+            "segment, sent again (loss recovery), pure ACKs of their requests, client segments held back "
+            "while such an answer was in flight",
+            labels=["kind"],
+        )
+        segs.add_metric(["more"], k.segments)
+        segs.add_metric(["resent"], k.resent)
+        segs.add_metric(["ack"], k.acks)
+        segs.add_metric(["held"], k.held)
+        yield segs
         xlate = CounterMetricFamily(
             "fileserver_kernel_translated_segments", "Segments whose sequence numbers were translated", labels=["direction"]
         )

@@ -43,6 +43,7 @@ class KernelError(enum.IntEnum):
     CONN_FULL = enum.auto()
     XLATE = enum.auto()
     CLOSE_LOST = enum.auto()
+    RESEND_GONE = enum.auto()
 
     @property
     def label(self) -> str:

@@ -15,6 +15,8 @@ SITE_FILES = {
     "sub/index.html": b"<p>sub index</p>\n",
     "sub/page.html": b"<p>sub page</p>\n",
     "mid.bin": bytes(range(256)) * 20,  # 5 KiB: several MSS on a 1500 link, one skb on lo
+    "large.bin": bytes(range(253)) * 60,  # 14.8 KiB: 11 segments on a 1500 link
+    "xl.bin": bytes(range(251)) * 120,  # 29.4 KiB: over --max-kernel-file-size's default; 2 skbs on lo
     "big.bin": bytes(range(251)) * 1200,  # ~300 KiB: never in the kernel, sendfile path
 }
 

@@ -20,7 +20,12 @@ def test_constants_agree_with_c() -> None:
     assert int(c_define("DATE_SLOT_OFFSET")) == datapath.DATE_SLOT_OFFSET == DATE_OFFSET - 1
     assert int(c_define("DATE_SLOT_LEN")) == datapath.DATE_SLOT_LEN == DATE_LEN + 3
     assert int(c_define("MAX_FRAME")) == datapath.MAX_FRAME
-    assert KERNEL_MAX_RESPONSE == datapath.MAX_FRAME - 14 - 20 - 32
+    # the largest size class's room for a response (its element overhead, the 304 region)
+    largest = len(datapath.BODY_MAPS) - 1
+    assert re.search(rf"#define CLASS{largest}_DATA \((\d+) - CLASS_OVERHEAD\)", (REPO / "bpf" / "consts.h").read_text())
+    assert KERNEL_MAX_RESPONSE == 32768 - int(c_define("CLASS_OVERHEAD")) - datapath.NM_REGION
+    assert int(c_define("NR_CLASSES")) == len(datapath.BODY_MAPS)
+
     assert int(c_define("PARSE_WINDOW")) * datapath.PARSE_STAGES == 1024
 
 

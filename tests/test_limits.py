@@ -35,10 +35,11 @@ def test_mtu_change_at_run_time(veth, site: Path) -> None:  # type: ignore[no-un
             ns.run("ip", "link", "set", dev, "mtu", "600")
         time.sleep(1.5)  # the maintenance thread notices within a second
         c2 = RawClient(veth.client, host="10.77.0.1")
-        assert body_of(c2.get("/style.css")) == SITE_FILES["style.css"]  # now too big: userspace
+        assert body_of(c2.get("/style.css")) == SITE_FILES["style.css"]  # now two segments of 548 bytes
         assert body_of(c2.get("/hot.txt")) == SITE_FILES["hot.txt"]
         m = srv.metrics()
-        assert m["fileserver_kernel_passes_total{reason=too_big}"] == 1
+        assert m["fileserver_requests_total{path=kernel}"] == 3 and m["fileserver_requests_total{path=user}"] == 0
+        assert m["fileserver_kernel_segments_total{kind=more}"] == 1
         assert "MTU of" in srv.log()
     finally:
         srv.stop()

@@ -45,3 +45,25 @@ def test_compile_failure_is_one_clear_reason(tmp_path: Path) -> None:
     with pytest.raises(DatapathError) as e:
         Datapath(8080, 16, source=src)
     assert "could not compile" in str(e.value) and "make setup" in str(e.value)
+
+
+def test_compiler_that_ends_the_process_still_says_why() -> None:
+    """LLVM calls exit(1) on some backend errors (here the BPF stack limit) while stderr is
+    captured: the reason must still reach stderr."""
+    import subprocess
+    import sys
+
+    require_root()
+    code = (
+        "from fileserver.datapath import _compile\n"
+        "_compile('int f(struct __sk_buff *skb) { volatile char big[1024]; "
+        "for (int i = 0; i < 1024; i++) big[i] = i; return big[skb->len & 1023]; }', [], False)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "the BPF compiler ended the process" in out.stderr and "stack limit" in out.stderr, out.stderr
+    # ... and a process that compiles fine exits cleanly (the witness leaves no trace)
+    ok = subprocess.run([sys.executable, "-c", "from fileserver.datapath import _compile\n"
+                         "_compile('int f(struct __sk_buff *skb) { return 0; }', [], False)\n"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
