@@ -118,7 +118,7 @@ struct counters {
     __u64 segments;         /* segments of multi-segment answers after the first */
     __u64 resent;           /* segments of multi-segment answers sent again */
     __u64 acks;             /* pure ACKs sent for requests answered in several segments */
-    __u64 held;             /* segments dropped while a multi-segment answer was in flight */
+    __u64 held;             /* client segments dropped while a kernel answer was not wholly acknowledged */
     __u64 pass[NR_PASS_REASONS];
     __u64 errors[NR_KERNEL_ERRORS];
 };

@@ -851,6 +851,13 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
         cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING);
         *rolled_back = 1;
     }
+    /* New bytes while the client lacks part of the kernel's last answer (it pipelines, or that
+     * answer was lost): passed on, the socket would acknowledge them, and with them the request
+     * of the missing answer, which the client would then never send again; nobody would resend
+     * the answer. Dropped instead: the client sends them again once it has the answer. */
+    if ((cs->flags & CONN_ANSWERED) && (__s32)(ack - cs->srv_next) < 0 &&
+        (__s32)(seq + p->payload_len - cs->next_seq) > 0)
+        return HOLD;
     /* After an answer that ends the connection, nothing more is answered here (a client that
      * sends more anyway meets the server socket, which userspace is closing). */
     if (cs->flags & CONN_CLOSING)
@@ -974,6 +981,10 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     }
     int rolled_back = 0;
     int r = check_segment(skb, &p, &k, cs, &rolled_back);
+    if (r == HOLD) {
+        COUNT(held);
+        return TC_ACT_SHOT;
+    }
     if (r == PARSE) {
         progs.call(skb, PROG_PARSE0);
         r = PASS_TOO_LONG;

@@ -80,8 +80,8 @@ class FileserverCollector(Collector):
         segs = CounterMetricFamily(
             "fileserver_kernel_segments",
             "Segments of kernel answers longer than one segment, by kind: first sending after the first "
-            "segment, sent again (loss recovery), pure ACKs of their requests, client segments held back "
-            "while such an answer was in flight",
+            "segment, sent again (loss recovery), pure ACKs of their requests; and client segments held "
+            "back while a kernel answer was not wholly acknowledged",
             labels=["kind"],
         )
         segs.add_metric(["more"], k.segments)

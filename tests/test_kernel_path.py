@@ -523,6 +523,36 @@ def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None: 
         srv.stop()
 
 
+@pytest.mark.parametrize("second", [b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /style.css HTTP/1.1\r\nHost: x\r\n\r\n"],
+                         ids=["miss", "hit"])
+def test_request_behind_a_lost_answer_waits(veth, site: Path, second: bytes) -> None:  # type: ignore[no-untyped-def]
+    """A one-segment kernel answer is lost and the client has already sent its next request: that
+    request must not reach the socket (whose ACK would cover the first request, which the client
+    would then never send again: a hang). It is held back; the first request comes again and is
+    answered again, then the second, in order."""
+    from tests.lossy import Dropper
+
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
+    dropper = Dropper(veth.client, veth.client_if, 8080, drop={1})
+    try:
+        c = RawClient(veth.client, host="10.77.0.1", timeout=10)
+        c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.01)  # the answer is lost by now
+        c.send(second)
+        assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+        resp = c.read_response()
+        assert resp.startswith(b"HTTP/1.1 404") if b"nope" in second else body_of(resp) == SITE_FILES["style.css"]
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # and the connection goes on
+        m = srv.metrics()
+        assert m["fileserver_kernel_segments_total{kind=held}"] >= 1
+        # (the client may resend both requests in one segment: then both go to userspace)
+        assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 3
+        assert_no_tcp_trouble(veth.client)
+    finally:
+        dropper.close()
+        srv.stop()
+
+
 def test_resent_segments_come_from_the_version_first_sent(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     """The file changes while a multi-segment answer is missing a segment: the segment sent
     again is the old version's (kept a grace period), never a mix of old and new; the next
