@@ -89,17 +89,25 @@ static __always_inline int tcp_find_option(const __u8 *opt, __u32 olen, __u8 wan
     return 0;
 }
 
+/* Load the segment's TCP options into opt (TCP_MAX_OPTLEN bytes) and find option `kind` there: 1
+ * and its offset and length in *at and *len. */
+static __always_inline int find_option(struct __sk_buff *skb, struct pkt *p, __u8 kind, __u8 *opt, __u32 *at,
+                                       __u32 *len)
+{
+    __u32 olen = tcp_optlen(p);
+    if (olen == 0 || olen > TCP_MAX_OPTLEN)
+        return 0;
+    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
+        return 0;
+    return tcp_find_option(opt, olen, kind, at, len);
+}
+
 /* Window scale option of a SYN or SYN-ACK; -1 if absent. */
 static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
 {
     __u8 opt[TCP_MAX_OPTLEN] = {};
-    __u32 olen = tcp_optlen(p);
-    if (olen == 0 || olen > TCP_MAX_OPTLEN)
-        return -1;
-    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
-        return -1;
     __u32 at = 0, len = 0;
-    if (!tcp_find_option(opt, olen, 3, &at, &len) || len != 3 || at > TCP_MAX_OPTLEN - 3)
+    if (!find_option(skb, p, 3, opt, &at, &len) || len != 3 || at > TCP_MAX_OPTLEN - 3)
         return -1;
     return opt[at + 2] > 14 ? 14 : opt[at + 2];   /* RFC 7323 section 2.3: at most 14 */
 }
@@ -110,13 +118,8 @@ static __always_inline int parse_wscale(struct __sk_buff *skb, struct pkt *p)
 static __always_inline int find_ts(struct __sk_buff *skb, struct pkt *p, __u32 *tsval, __u32 *tsecr)
 {
     __u8 opt[TCP_MAX_OPTLEN] = {};
-    __u32 olen = tcp_optlen(p);
-    if (olen == 0 || olen > TCP_MAX_OPTLEN)
-        return 0;
-    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
-        return 0;
     __u32 at = 0, len = 0;
-    if (!tcp_find_option(opt, olen, 8, &at, &len) || len != 10 || at > TCP_MAX_OPTLEN - 10)
+    if (!find_option(skb, p, 8, opt, &at, &len) || len != 10 || at > TCP_MAX_OPTLEN - 10)
         return 0;
     __builtin_memcpy(tsval, &opt[at + 2], 4);
     __builtin_memcpy(tsecr, &opt[at + 6], 4);
@@ -127,26 +130,16 @@ static __always_inline int find_ts(struct __sk_buff *skb, struct pkt *p, __u32 *
 static __always_inline int has_sack(struct __sk_buff *skb, struct pkt *p)
 {
     __u8 opt[TCP_MAX_OPTLEN] = {};
-    __u32 olen = tcp_optlen(p);
-    if (olen == 0 || olen > TCP_MAX_OPTLEN)
-        return 0;
-    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
-        return 0;
     __u32 at = 0, len = 0;
-    return tcp_find_option(opt, olen, 5, &at, &len);
+    return find_option(skb, p, 5, opt, &at, &len);
 }
 
 /* The MSS option of a SYN (RFC 9293 section 3.7.1: 536 when absent). */
 static __always_inline __u32 parse_mss(struct __sk_buff *skb, struct pkt *p)
 {
     __u8 opt[TCP_MAX_OPTLEN] = {};
-    __u32 olen = tcp_optlen(p);
-    if (olen == 0 || olen > TCP_MAX_OPTLEN)
-        return DEFAULT_MSS;
-    if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
-        return DEFAULT_MSS;
     __u32 at = 0, len = 0;
-    if (!tcp_find_option(opt, olen, 2, &at, &len) || len != 4 || at > TCP_MAX_OPTLEN - 4)
+    if (!find_option(skb, p, 2, opt, &at, &len) || len != 4 || at > TCP_MAX_OPTLEN - 4)
         return DEFAULT_MSS;
     return ((__u32)opt[at + 2] << 8) | opt[at + 3];
 }

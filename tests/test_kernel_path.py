@@ -3,6 +3,7 @@ proof of where each answer came from (kernel counter, userspace counter, exact b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -361,6 +363,20 @@ def test_file_changes_reach_the_kernel_within_a_second(netns: NetNS, site: Path,
     assert srv.kernel_hits() == k
 
 
+@contextlib.contextmanager
+def lossy_veth(veth, site: Path, drop: set[int] = frozenset(), **loss: object) -> Iterator[tuple[Server, object]]:  # type: ignore[no-untyped-def]
+    """A server on the veth pair's server side and the test-only dropper on the client side."""
+    from tests.lossy import Dropper
+
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
+    dropper = Dropper(veth.client, veth.client_if, 8080, drop, **loss)  # type: ignore[arg-type]
+    try:
+        yield srv, dropper
+    finally:
+        dropper.close()
+        srv.stop()
+
+
 def test_veth_with_full_checksums(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
     try:
@@ -466,12 +482,8 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
     has the whole answer, so the client sends the request again, and its ACK says what it lacks
     (and a duplicate ACK with SACK blocks gets that segment at once). A hundred requests with
     Nagle left on, keep-alive and closing, byte-exact, well under a minute."""
-    from tests.lossy import Dropper
-
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
-    dropper = Dropper(veth.client, veth.client_if, 8080, **loss)  # type: ignore[arg-type]
-    start = time.monotonic()
-    try:
+    with lossy_veth(veth, site, **loss) as (srv, dropper):  # type: ignore[arg-type]
+        start = time.monotonic()
         c = RawClient(veth.client, host="10.77.0.1", timeout=20, nodelay=False)
         for i in range(30):
             for path in ("/large.bin", "/mid.bin", "/hot.txt"):
@@ -494,20 +506,13 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
         assert m["fileserver_kernel_segments_total{kind=resent}"] >= 1
         assert elapsed < 60, elapsed
         assert_no_tcp_trouble(veth.client)
-    finally:
-        dropper.close()
-        srv.stop()
 
 
 def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     """A request sent while a multi-segment answer is still on its way (here: its last segment
     lost) is held back until the client has that answer; the client sends it again, and the
     answers arrive in order."""
-    from tests.lossy import Dropper
-
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
-    dropper = Dropper(veth.client, veth.client_if, 8080, drop={11})
-    try:
+    with lossy_veth(veth, site, drop={11}) as (srv, dropper):
         c = RawClient(veth.client, host="10.77.0.1", timeout=20)
         c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.02)  # the first 10 segments are in, the 11th lost
@@ -518,9 +523,6 @@ def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None: 
         assert m["fileserver_kernel_segments_total{kind=held}"] >= 1
         assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 2
         assert_no_tcp_trouble(veth.client)
-    finally:
-        dropper.close()
-        srv.stop()
 
 
 @pytest.mark.parametrize("second", [b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /style.css HTTP/1.1\r\nHost: x\r\n\r\n"],
@@ -530,11 +532,7 @@ def test_request_behind_a_lost_answer_waits(veth, site: Path, second: bytes) -> 
     request must not reach the socket (whose ACK would cover the first request, which the client
     would then never send again: a hang). It is held back; the first request comes again and is
     answered again, then the second, in order."""
-    from tests.lossy import Dropper
-
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
-    dropper = Dropper(veth.client, veth.client_if, 8080, drop={1})
-    try:
+    with lossy_veth(veth, site, drop={1}) as (srv, dropper):
         c = RawClient(veth.client, host="10.77.0.1", timeout=10)
         c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.01)  # the answer is lost by now
@@ -548,21 +546,14 @@ def test_request_behind_a_lost_answer_waits(veth, site: Path, second: bytes) -> 
         # (the client may resend both requests in one segment: then both go to userspace)
         assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 3
         assert_no_tcp_trouble(veth.client)
-    finally:
-        dropper.close()
-        srv.stop()
 
 
 def test_resent_segments_come_from_the_version_first_sent(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     """The file changes while a multi-segment answer is missing a segment: the segment sent
     again is the old version's (kept a grace period), never a mix of old and new; the next
     request gets the new version."""
-    from tests.lossy import Dropper
-
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
-    dropper = Dropper(veth.client, veth.client_if, 8080, drop={6})
     new = bytes(reversed(SITE_FILES["large.bin"]))
-    try:
+    with lossy_veth(veth, site, drop={6}) as (srv, dropper):
         c = RawClient(veth.client, host="10.77.0.1", timeout=20, nodelay=False)
         c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         (site / "large.bin").write_bytes(new)
@@ -572,20 +563,13 @@ def test_resent_segments_come_from_the_version_first_sent(veth, site: Path) -> N
             assert time.monotonic() < deadline, "the new version never came"
             time.sleep(0.1)
         assert srv.metrics()["fileserver_kernel_segments_total{kind=resent}"] >= 1
-    finally:
-        dropper.close()
-        srv.stop()
 
 
 @pytest.mark.parametrize("drop", [{1}, {2}, {1, 2}, {3}])
 def test_lost_answers_are_answered_again(veth, site: Path, drop: set[int]) -> None:  # type: ignore[no-untyped-def]
     """Drop chosen kernel answers on the client side: the client retransmits the request, the
     kernel recognises it, answers again, and never counts it twice (later answers stay in sync)."""
-    from tests.lossy import Dropper
-
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
-    dropper = Dropper(veth.client, veth.client_if, 8080, drop)
-    try:
+    with lossy_veth(veth, site, drop) as (srv, dropper):
         c = RawClient(veth.client, host="10.77.0.1", timeout=10, nodelay=False)
         for path in ("/hot.txt", "/style.css", "/hot.txt", "/hot.txt"):
             assert body_of(c.get(path)) == SITE_FILES[path[1:]]
@@ -600,9 +584,6 @@ def test_lost_answers_are_answered_again(veth, site: Path, drop: set[int]) -> No
         assert m["fileserver_requests_total{path=user}"] >= 1
         assert m["fileserver_kernel_retransmits_total"] == len(drop)  # answered again, counted once
         assert_no_tcp_trouble(veth.client)
-    finally:
-        dropper.close()
-        srv.stop()
 
 
 @pytest.mark.parametrize("loss", [{"every": 6}, {"share": 1 / 6, "seed": 7}], ids=["every-6th", "random-1-in-6"])
@@ -610,12 +591,8 @@ def test_closing_answers_survive_loss(veth, site: Path, loss: dict[str, float]) 
     """A hundred requests whose answers end or keep their connection (HTTP/1.0, Connection: close,
     HTTP/1.0 keep-alive, keep-alive then close), with server->client data segments dropped: every
     answer arrives complete and byte-exact, each connection closes when it should, in bounded time."""
-    from tests.lossy import Dropper
-
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
-    dropper = Dropper(veth.client, veth.client_if, 8080, **loss)  # type: ignore[arg-type]
-    start = time.monotonic()
-    try:
+    with lossy_veth(veth, site, **loss) as (srv, dropper):  # type: ignore[arg-type]
+        start = time.monotonic()
         for i in range(25):
             for request, closes in ((b"GET /hot.txt HTTP/1.0\r\n\r\n", True),
                                     (b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True)):
@@ -642,9 +619,6 @@ def test_closing_answers_survive_loss(veth, site: Path, loss: dict[str, float]) 
         time.sleep(1)
         states = veth.server.run("ss", "-tanH", "sport", "= :8080").stdout.split()
         assert not {"CLOSE-WAIT", "LAST-ACK", "FIN-WAIT-1", "FIN-WAIT-2", "CLOSING"} & set(states), states[:20]
-    finally:
-        dropper.close()
-        srv.stop()
 
 
 def foreign_filter(ns: NetNS) -> None:
