@@ -489,6 +489,7 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
             for path in ("/large.bin", "/mid.bin", "/hot.txt"):
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]], (i, path)
         c.close()
+        assert_no_tcp_trouble(veth.client)
         for i in range(10):
             c = RawClient(veth.client, host="10.77.0.1", timeout=20)
             c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -505,7 +506,10 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
             assert dropped >= 50, (seen, dropped)
         assert m["fileserver_kernel_segments_total{kind=resent}"] >= 1
         assert elapsed < 60, elapsed
-        assert_no_tcp_trouble(veth.client)
+        # A client that has closed may answer a late duplicate segment with a reset (seen once in
+        # a CI run at 1-in-6 loss, every answer byte-exact); the server side must have none.
+        assert_no_tcp_trouble(veth.client, resets_allowed=True)
+        assert_no_tcp_trouble(veth.server)
 
 
 def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
