@@ -18,30 +18,98 @@ struct resp_hdrs {
 
 #define HDRS_NO_TS (sizeof(struct resp_hdrs) - TCP_TS_OPTLEN)
 
-/* Copy data[0, len) into the skb at off, in CHUNK pieces (bpf_skb_store_bytes needs a length the
- * verifier can bound). `size` bounds every read inside data. */
-static __always_inline long store_data(struct __sk_buff *skb, __u32 off, __u8 *data, __u32 len, const __u32 size)
+/* Copy data[src, src + len) into the skb at dst: whole CHUNKs, then the rest (len % CHUNK) in
+ * power-of-two pieces, each read clamped inside data[size] (a no-op for valid offsets; the
+ * verifier needs it). Every offset is computed from len alone and each step either stores or not,
+ * so the verifier's states after each step agree and are pruned. Returns < 0 on failure. */
+#define STORE_PIECE(n)                                                                              \
+    if (rest & (n)) {                                                                               \
+        __u32 o = base + (rest & ~(2 * (n) - 1));                                                   \
+        __u64 s = src + o;                                                                          \
+        CLAMP_MAX(s, size - (n));                                                                   \
+        if (bpf_skb_store_bytes(skb, dst + o, data + s, (n), 0) < 0)                                \
+            return -1;                                                                              \
+    }
+static __always_inline long store_slice(struct __sk_buff *skb, __u32 dst, __u8 *data, __u32 src, __u32 len,
+                                        const __u32 size)
 {
-    long err = 0;
     for (__u32 i = 0; i < size / CHUNK; i++) {
         __u32 o = i * CHUNK;
         if (o + CHUNK > len)
             break;
-        err |= bpf_skb_store_bytes(skb, off + o, data + o, CHUNK, 0);
+        __u64 s = src + o;
+        CLAMP_MAX(s, size - CHUNK);
+        if (bpf_skb_store_bytes(skb, dst + o, data + s, CHUNK, 0) < 0)
+            return -1;
     }
-    if (len < CHUNK) {
-        __u32 n = len;
-        asm volatile("" : "+r"(n));                 /* keep clang from folding the clamp away */
-        n = ((n - 1) & (CHUNK - 1)) + 1;            /* verifier-visible range [1, CHUNK] */
-        CLAMP_MAX(n, size < CHUNK ? size : CHUNK);
-        err |= bpf_skb_store_bytes(skb, off, data, n, 0);
-    } else if (len % CHUNK) {
-        /* The tail as one whole chunk ending at len, overlapping bytes already written: keeps every
-         * read inside data[size] without padding the map value. */
-        __u64 o = len - CHUNK;
-        CLAMP_MAX(o, size - CHUNK);
-        err |= bpf_skb_store_bytes(skb, off + o, data + o, CHUNK, 0);
+    __u32 rest = len & (CHUNK - 1), base = len - rest;
+    if (base > size)
+        return -1;                                  /* (longer than size allows) */
+    STORE_PIECE(256) STORE_PIECE(128) STORE_PIECE(64) STORE_PIECE(32) STORE_PIECE(16) STORE_PIECE(8)
+    STORE_PIECE(4) STORE_PIECE(2) STORE_PIECE(1)
+    return 0;
+}
+
+/* The headers of a segment of the connection's last answer (or a pure ACK), towards the client
+ * of ctx->p, with checksum 0. */
+static __always_inline void segment_hdrs(struct resp_hdrs *h, struct answer_ctx *ctx, struct conn_state *cs,
+                                         __u32 seq, __u32 len, __u32 thl, int psh)
+{
+    struct pkt *p = &ctx->p;
+    __builtin_memcpy(h->eth.h_dest, p->eth.h_source, ETH_ALEN);
+    __builtin_memcpy(h->eth.h_source, p->eth.h_dest, ETH_ALEN);
+    h->eth.h_proto = p->eth.h_proto;
+    h->ip.version = 4;
+    h->ip.ihl = 5;
+    h->ip.tot_len = bpf_htons(IPV4_HLEN + thl + len);
+    h->ip.frag_off = bpf_htons(0x4000);
+    h->ip.ttl = 64;
+    h->ip.protocol = IPPROTO_TCP;
+    h->ip.saddr = p->ip.daddr;
+    h->ip.daddr = p->ip.saddr;
+    h->ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->ip, IPV4_HLEN, 0)) & 0xffff;
+    h->tcp.source = p->tcp.dest;
+    h->tcp.dest = p->tcp.source;
+    h->tcp.seq = bpf_htonl(seq);
+    h->tcp.ack_seq = ctx->ack_seq;
+    h->tcp.doff = thl / 4;
+    h->tcp.ack = 1;
+    h->tcp.psh = psh;
+    h->tcp.window = bpf_htons(cs->server_win);
+    if (p->has_ts) {
+        h->ts[0] = 1;
+        h->ts[1] = 1;
+        h->ts[2] = 8;
+        h->ts[3] = 10;
+        __builtin_memcpy(&h->ts[4], &ctx->tsval, 4);
+        __builtin_memcpy(&h->ts[8], &ctx->tsecr, 4);
     }
+}
+
+/* Write the first n stored bytes of an answer at poff as `variant` (VAR_*) asks: aiohttp's answer
+ * to that form of request is the stored bytes with a header line inserted at hx, where the head's
+ * final CRLF starts, and/or "HTTP/1.0"; and the current Date. So: everything shifted up by extra
+ * first, then the head before hx again in place, then the line in the gap. */
+static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u8 *data, __u32 n, __u32 hx,
+                                          __u32 variant, __u32 extra, __u8 *date, const __u32 date_off,
+                                          const __u32 size)
+{
+    long err = store_slice(skb, poff + extra, data, 0, n, size);
+    if (extra) {
+        err |= store_slice(skb, poff, data, 0, hx, size);
+        if (variant == VAR_CLOSE11) {
+            char line[] = "Connection: close\r\n";
+            err |= bpf_skb_store_bytes(skb, poff + hx, line, CLOSE_HDR_LEN, 0);
+        } else {
+            char line[] = "Connection: keep-alive\r\n";
+            err |= bpf_skb_store_bytes(skb, poff + hx, line, KEEP_HDR_LEN, 0);
+        }
+    }
+    if (variant == VAR_CLOSE10 || variant == VAR_KEEP10) {
+        __u8 zero = '0';
+        err |= bpf_skb_store_bytes(skb, poff + VERSION_DIGIT_OFFSET, &zero, 1, 0);
+    }
+    err |= bpf_skb_store_bytes(skb, poff + date_off, date, DATE_SLOT_LEN, 0);
     return err;
 }
 
@@ -214,36 +282,10 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         ack_the_socket(skb, p, cs, &h);
         __builtin_memset(&h, 0, sizeof(h));
     }
-    __builtin_memcpy(h.eth.h_dest, p->eth.h_source, ETH_ALEN);
-    __builtin_memcpy(h.eth.h_source, p->eth.h_dest, ETH_ALEN);
-    h.eth.h_proto = p->eth.h_proto;
-    h.ip.version = 4;
-    h.ip.ihl = 5;
-    h.ip.tot_len = bpf_htons(IPV4_HLEN + thl + total);
-    h.ip.frag_off = bpf_htons(0x4000);              /* DF */
-    h.ip.ttl = 64;
-    h.ip.protocol = IPPROTO_TCP;
-    h.ip.saddr = p->ip.daddr;
-    h.ip.daddr = p->ip.saddr;
-    h.ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, IPV4_HLEN, 0)) & 0xffff;
-    h.tcp.source = p->tcp.dest;
-    h.tcp.dest = p->tcp.source;
-    h.tcp.seq = p->tcp.ack_seq;                     /* == srv_next, checked by the caller */
-    h.tcp.ack_seq = bpf_htonl(req_seq + p->payload_len);
-    h.tcp.doff = thl / 4;
-    h.tcp.ack = 1;
-    h.tcp.psh = 1;
-    h.tcp.window = bpf_htons(cs->server_win);
-    if (p->has_ts) {
-        /* Our TSval: see our_tsval. Our TSecr is the client's TSval. */
-        h.ts[0] = 1;
-        h.ts[1] = 1;
-        h.ts[2] = 8;
-        h.ts[3] = 10;
-        __u32 tsval = our_tsval(cs, p->tsecr);
-        __builtin_memcpy(&h.ts[4], &tsval, 4);
-        __builtin_memcpy(&h.ts[8], &p->tsval, 4);
-    }
+    ctx->ack_seq = bpf_htonl(req_seq + p->payload_len);
+    ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
+    ctx->tsecr = p->tsval;
+    segment_hdrs(&h, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);   /* seq == srv_next, checked by the caller */
     struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + total)};
     __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
     __u32 hsum = p->has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
@@ -258,24 +300,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     long err = p->has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
                          : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
     __u32 poff = ETH_HLEN_ + IPV4_HLEN + thl;
-    /* With a header line to insert: everything shifted up by extra first, then the head before hx
-     * again in place, then the line in the gap. */
-    err |= store_data(skb, poff + extra, data, rlen, size);
-    if (extra) {
-        err |= store_data(skb, poff, data, hx, size < CHUNK ? size : CHUNK);
-        if (variant == VAR_CLOSE11) {
-            char line[] = "Connection: close\r\n";
-            err |= bpf_skb_store_bytes(skb, poff + hx, line, CLOSE_HDR_LEN, 0);
-        } else {
-            char line[] = "Connection: keep-alive\r\n";
-            err |= bpf_skb_store_bytes(skb, poff + hx, line, KEEP_HDR_LEN, 0);
-        }
-    }
-    if (variant == VAR_CLOSE10 || variant == VAR_KEEP10) {
-        __u8 zero = '0';
-        err |= bpf_skb_store_bytes(skb, poff + VERSION_DIGIT_OFFSET, &zero, 1, 0);
-    }
-    err |= bpf_skb_store_bytes(skb, poff + date_off, date, DATE_SLOT_LEN, 0);
+    err |= store_variant(skb, poff, data, rlen, hx, variant, extra, date, date_off, size);
     if (err) {
         COUNT_ERR(ERR_STORE);
         return TC_ACT_SHOT;
@@ -433,38 +458,6 @@ static __always_inline void tell_close(struct conn_key *k, __u32 kind)
 
 /* ---- Multi-segment answers ------------------------------------------------------------------ */
 
-/* Copy data[src, src + len) into the skb at dst: whole CHUNKs, then the rest (len % CHUNK) in
- * power-of-two pieces, each read clamped inside data[size] (a no-op for valid offsets; the
- * verifier needs it). Every offset is computed from len alone and each step either stores or not,
- * so the verifier's states after each step agree and are pruned. Returns < 0 on failure. */
-#define STORE_PIECE(n)                                                                              \
-    if (rest & (n)) {                                                                               \
-        __u32 o = base + (rest & ~(2 * (n) - 1));                                                   \
-        __u64 s = src + o;                                                                          \
-        CLAMP_MAX(s, size - (n));                                                                   \
-        if (bpf_skb_store_bytes(skb, dst + o, data + s, (n), 0) < 0)                                \
-            return -1;                                                                              \
-    }
-static __always_inline long store_slice(struct __sk_buff *skb, __u32 dst, __u8 *data, __u32 src, __u32 len,
-                                        const __u32 size)
-{
-    for (__u32 i = 0; i < size / CHUNK; i++) {
-        __u32 o = i * CHUNK;
-        if (o + CHUNK > len)
-            break;
-        __u64 s = src + o;
-        CLAMP_MAX(s, size - CHUNK);
-        if (bpf_skb_store_bytes(skb, dst + o, data + s, CHUNK, 0) < 0)
-            return -1;
-    }
-    __u32 rest = len & (CHUNK - 1), base = len - rest;
-    if (base > size)
-        return -1;                                  /* (longer than size allows) */
-    STORE_PIECE(256) STORE_PIECE(128) STORE_PIECE(64) STORE_PIECE(32) STORE_PIECE(16) STORE_PIECE(8)
-    STORE_PIECE(4) STORE_PIECE(2) STORE_PIECE(1)
-    return 0;
-}
-
 /* One's complement sum of skb bytes [off, off + len) added to seed, read back through buf (at
  * least CHUNK + 4 bytes): bpf_csum_diff reads memory, not the skb. An odd tail is zero padded,
  * as the TCP checksum pads it. */
@@ -492,42 +485,6 @@ static __always_inline __u32 payload_sum(struct __sk_buff *skb, __u32 off, __u32
     __u32 r4 = (r + 3) & ~3u;
     CLAMP_MAX(r4, CHUNK);
     return bpf_csum_diff(0, 0, (__be32 *)buf, r4, sum);
-}
-
-/* The headers of a segment of the connection's last answer (or a pure ACK), towards the client
- * of ctx->p, with checksum 0. */
-static __always_inline void segment_hdrs(struct resp_hdrs *h, struct answer_ctx *ctx, struct conn_state *cs,
-                                         __u32 seq, __u32 len, __u32 thl, int psh)
-{
-    struct pkt *p = &ctx->p;
-    __builtin_memcpy(h->eth.h_dest, p->eth.h_source, ETH_ALEN);
-    __builtin_memcpy(h->eth.h_source, p->eth.h_dest, ETH_ALEN);
-    h->eth.h_proto = p->eth.h_proto;
-    h->ip.version = 4;
-    h->ip.ihl = 5;
-    h->ip.tot_len = bpf_htons(IPV4_HLEN + thl + len);
-    h->ip.frag_off = bpf_htons(0x4000);
-    h->ip.ttl = 64;
-    h->ip.protocol = IPPROTO_TCP;
-    h->ip.saddr = p->ip.daddr;
-    h->ip.daddr = p->ip.saddr;
-    h->ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->ip, IPV4_HLEN, 0)) & 0xffff;
-    h->tcp.source = p->tcp.dest;
-    h->tcp.dest = p->tcp.source;
-    h->tcp.seq = bpf_htonl(seq);
-    h->tcp.ack_seq = ctx->ack_seq;
-    h->tcp.doff = thl / 4;
-    h->tcp.ack = 1;
-    h->tcp.psh = psh;
-    h->tcp.window = bpf_htons(cs->server_win);
-    if (p->has_ts) {
-        h->ts[0] = 1;
-        h->ts[1] = 1;
-        h->ts[2] = 8;
-        h->ts[3] = 10;
-        __builtin_memcpy(&h->ts[4], &ctx->tsval, 4);
-        __builtin_memcpy(&h->ts[8], &ctx->tsecr, 4);
-    }
 }
 
 /* Is the skb CHECKSUM_PARTIAL (the stack completes the sum; see store_tcp_csum)? */
@@ -612,23 +569,7 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     long err = ctx->p.has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
                              : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
     if (off == 0) {
-        /* As send_body: shifted up by extra, the head before hx again, the line in the gap. */
-        err |= store_slice(skb, poff + extra, full, 0, len - extra, region);
-        if (extra) {
-            err |= store_slice(skb, poff, full, 0, hx, region);
-            if (variant == VAR_CLOSE11) {
-                char line[] = "Connection: close\r\n";
-                err |= bpf_skb_store_bytes(skb, poff + hx, line, CLOSE_HDR_LEN, 0);
-            } else {
-                char line[] = "Connection: keep-alive\r\n";
-                err |= bpf_skb_store_bytes(skb, poff + hx, line, KEEP_HDR_LEN, 0);
-            }
-        }
-        if (variant == VAR_CLOSE10 || variant == VAR_KEEP10) {
-            __u8 zero = '0';
-            err |= bpf_skb_store_bytes(skb, poff + VERSION_DIGIT_OFFSET, &zero, 1, 0);
-        }
-        err |= bpf_skb_store_bytes(skb, poff + DATE_SLOT_OFFSET, clk->date, DATE_SLOT_LEN, 0);
+        err |= store_variant(skb, poff, full, len - extra, hx, variant, extra, clk->date, DATE_SLOT_OFFSET, region);
     } else {
         err |= store_slice(skb, poff, full, off - extra, len, region);
     }
