@@ -113,25 +113,31 @@ static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u
     return err;
 }
 
+/* Is the skb CHECKSUM_PARTIAL (the stack completes the sum; see store_tcp_csum)? */
+static __always_inline int csum_is_partial(struct __sk_buff *skb)
+{
+    __u32 csum_off = ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF;
+    __u16 probe = 0;
+    bpf_l4_csum_replace(skb, csum_off, 0, bpf_htons(1), 2);
+    bpf_skb_load_bytes(skb, csum_off, &probe, sizeof(probe));
+    return probe == 0;
+}
+
 /* Write the TCP checksum of a segment we built (its field must be 0). On CHECKSUM_PARTIAL skbs
  * (lo, veth with offload) bpf_l4_csum_replace leaves the field alone and the stack completes the
  * sum later: the field must then hold the folded pseudo-header sum `psum`; otherwise it gets the
  * full sum of pseudo-header, header and payload (`full`). Probe which case this is. */
 static __always_inline void store_tcp_csum(struct __sk_buff *skb, __u32 psum, __u64 full)
 {
-    __u32 csum_off = ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF;
-    __u16 probe = 0;
-    bpf_l4_csum_replace(skb, csum_off, 0, bpf_htons(1), 2);
-    bpf_skb_load_bytes(skb, csum_off, &probe, sizeof(probe));
     __u16 check;
-    if (probe == 0) {
+    if (csum_is_partial(skb)) {
         check = csum_fold(psum);
         COUNT(csum_partial);
     } else {
         check = ~csum_fold(full) & 0xffff;
         COUNT(csum_full);
     }
-    bpf_skb_store_bytes(skb, csum_off, &check, sizeof(check), 0);
+    bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF, &check, sizeof(check), 0);
 }
 
 /* A connection back from userspace may be answered on a segment whose acknowledgement of
@@ -485,16 +491,6 @@ static __always_inline __u32 payload_sum(struct __sk_buff *skb, __u32 off, __u32
     __u32 r4 = (r + 3) & ~3u;
     CLAMP_MAX(r4, CHUNK);
     return bpf_csum_diff(0, 0, (__be32 *)buf, r4, sum);
-}
-
-/* Is the skb CHECKSUM_PARTIAL (the stack completes the sum; see store_tcp_csum)? */
-static __always_inline int csum_is_partial(struct __sk_buff *skb)
-{
-    __u32 csum_off = ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF;
-    __u16 probe = 0;
-    bpf_l4_csum_replace(skb, csum_off, 0, bpf_htons(1), 2);
-    bpf_skb_load_bytes(skb, csum_off, &probe, sizeof(probe));
-    return probe == 0;
 }
 
 /* The pure ACK of a request answered in several segments, once the client has all of them. */
