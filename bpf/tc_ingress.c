@@ -224,6 +224,23 @@ static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_stat
     return mss < seg ? mss : seg;
 }
 
+/* The kernel answered the request at req_seq (req_len bytes) with total bytes: the socket will
+ * never see either, so the deltas grow; last_* keep what a retransmitted request needs. */
+static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, __u32 req_len, __u32 total,
+                                          __u32 variant)
+{
+    cs->last_req_seq = req_seq;
+    cs->last_req_len = req_len;
+    cs->last_resp_len = total;
+    cs->delta_in += req_len;
+    cs->delta_out += total;
+    cs->next_seq = req_seq + req_len;
+    cs->srv_next += total;
+    cs->flags |= CONN_ANSWERED;
+    if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
+        cs->flags |= CONN_CLOSING;
+}
+
 /* Rewrite skb into the response for the request in p and update the connection's deltas.
  * Inlined once per size class so `size` is a constant the verifier can bound reads with.
  * `variant` (VAR_*) says how the stored bytes become aiohttp's answer to this form of request: a
@@ -251,13 +268,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
          * variant's header line must sit in the first segment. */
         if (kind != KIND_FULL || seg < MIN_SEG_PAYLOAD || hx + extra > seg || total > seg * MAX_SEGS)
             return PASS_TOO_BIG;
-        cs->last_req_seq = req_seq;
-        cs->last_req_len = p->payload_len;
-        cs->last_resp_len = total;
-        cs->delta_in += p->payload_len;
-        cs->delta_out += total;
-        cs->next_seq = req_seq + p->payload_len;
-        cs->srv_next += total;
+        record_answer(cs, req_seq, p->payload_len, total, variant);
         cs->resp_id = ctx->ref.id;
         cs->resp_cls = ctx->ref.cls;
         cs->resp_kind = kind;
@@ -268,9 +279,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
          * loss then makes the client send the request again, which says (in its ACK) what it
          * has, so a lost segment is always recovered, without a timer here (DESIGN.md section 2,
          * option 1). The pure ACK follows the client's ACK of the whole answer. */
-        cs->flags |= CONN_ANSWERED | CONN_UNACKED;
-        if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
-            cs->flags |= CONN_CLOSING;
+        cs->flags |= CONN_UNACKED;
         ctx->seg_off = 0;
         ctx->seg_end = total;
         ctx->seg_resend = 0;
@@ -314,16 +323,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
 
     store_tcp_csum(skb, psum, (__u64)hsum + body_csum + dsum);
 
-    cs->last_req_seq = req_seq;
-    cs->last_req_len = p->payload_len;
-    cs->last_resp_len = total;
-    cs->delta_in += p->payload_len;
-    cs->delta_out += total;
-    cs->next_seq = req_seq + p->payload_len;
-    cs->srv_next += total;
-    cs->flags |= CONN_ANSWERED;
-    if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
-        cs->flags |= CONN_CLOSING;
+    record_answer(cs, req_seq, p->payload_len, total, variant);
     skb->mark = KERNEL_MARK;
     return ANSWERED;
 }
