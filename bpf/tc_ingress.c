@@ -113,6 +113,24 @@ static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u
     return err;
 }
 
+/* The headers' part of a TCP checksum: the pseudo-header sum (into *psum: what a
+ * CHECKSUM_PARTIAL skb's field holds) and, returned, that plus the TCP header with its options
+ * (`len`: payload bytes). */
+static __always_inline __u32 header_sum(struct resp_hdrs *h, int has_ts, __u32 len, __u32 *psum)
+{
+    __u32 thl = has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
+    struct pseudo_hdr4 ph = {h->ip.saddr, h->ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + len)};
+    *psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    return has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h->tcp, TCP_HLEN + TCP_TS_OPTLEN, *psum)
+                  : bpf_csum_diff(0, 0, (__be32 *)&h->tcp, TCP_HLEN, *psum);
+}
+
+/* Write built headers over the start of the skb (the timestamp option only if there is one). */
+static __always_inline long store_hdrs(struct __sk_buff *skb, struct resp_hdrs *h, int has_ts)
+{
+    return has_ts ? bpf_skb_store_bytes(skb, 0, h, sizeof(*h), 0) : bpf_skb_store_bytes(skb, 0, h, HDRS_NO_TS, 0);
+}
+
 /* Is the skb CHECKSUM_PARTIAL (the stack completes the sum; see store_tcp_csum)? */
 static __always_inline int csum_is_partial(struct __sk_buff *skb)
 {
@@ -174,15 +192,12 @@ static __always_inline void ack_the_socket(struct __sk_buff *skb, struct pkt *p,
         __builtin_memcpy(&hp->ts[4], &p->tsval, 4);
         __builtin_memcpy(&hp->ts[8], &p->tsecr, 4);
     }
-    struct pseudo_hdr4 ph = {hp->ip.saddr, hp->ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl)};
-    __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
-    __u32 hsum = p->has_ts ? bpf_csum_diff(0, 0, (__be32 *)&hp->tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
-                           : bpf_csum_diff(0, 0, (__be32 *)&hp->tcp, TCP_HLEN, psum);
+    __u32 psum;
+    __u32 hsum = header_sum(hp, p->has_ts, 0, &psum);
     cs->flags &= ~CONN_SOCK_ACK;
     if (bpf_skb_change_tail(skb, ETH_HLEN_ + IPV4_HLEN + thl, 0) < 0)
         return;                                     /* the socket learns it from a later segment */
-    long err = p->has_ts ? bpf_skb_store_bytes(skb, 0, hp, sizeof(*hp), 0)
-                         : bpf_skb_store_bytes(skb, 0, hp, HDRS_NO_TS, 0);
+    long err = store_hdrs(skb, hp, p->has_ts);
     if (err)
         return;
     store_tcp_csum(skb, psum, hsum);
@@ -301,10 +316,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
     ctx->tsecr = p->tsval;
     segment_hdrs(&h, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);   /* seq == srv_next, checked by the caller */
-    struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + total)};
-    __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
-    __u32 hsum = p->has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
-                           : bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN, psum);
+    __u32 psum;
+    __u32 hsum = header_sum(&h, p->has_ts, total, &psum);
     __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
@@ -312,8 +325,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         return PASS_TOO_BIG;
     }
     /* From here on the request is gone: any failure drops the skb and the client retransmits. */
-    long err = p->has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
-                         : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
+    long err = store_hdrs(skb, &h, p->has_ts);
     __u32 poff = ETH_HLEN_ + IPV4_HLEN + thl;
     err |= store_variant(skb, poff, data, rlen, hx, variant, extra, date, date_off, size);
     if (err) {
@@ -499,16 +511,13 @@ static __always_inline int send_ack(struct __sk_buff *skb, struct answer_ctx *ct
     __u32 thl = ctx->p.has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
     struct resp_hdrs h = {};
     segment_hdrs(&h, ctx, cs, cs->srv_next, 0, thl, 0);
-    struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl)};
-    __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
-    __u32 hsum = ctx->p.has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
-                               : bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN, psum);
+    __u32 psum;
+    __u32 hsum = header_sum(&h, ctx->p.has_ts, 0, &psum);
     if (bpf_skb_change_tail(skb, ETH_HLEN_ + IPV4_HLEN + thl, 0) < 0) {
         COUNT_ERR(ERR_CHANGE_TAIL);
         return TC_ACT_SHOT;
     }
-    long err = ctx->p.has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
-                             : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
+    long err = store_hdrs(skb, &h, ctx->p.has_ts);
     if (err) {
         COUNT_ERR(ERR_STORE);
         return TC_ACT_SHOT;
@@ -562,8 +571,7 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     __u32 start = cs->srv_next - total;
     struct resp_hdrs h = {};
     segment_hdrs(&h, ctx, cs, start + off, len, thl, off + len == total);
-    long err = ctx->p.has_ts ? bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)
-                             : bpf_skb_store_bytes(skb, 0, &h, HDRS_NO_TS, 0);
+    long err = store_hdrs(skb, &h, ctx->p.has_ts);
     if (off == 0) {
         err |= store_variant(skb, poff, full, len - extra, hx, variant, extra, clk->date, DATE_SLOT_OFFSET, region);
     } else {
@@ -573,15 +581,13 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
         COUNT_ERR(ERR_STORE);
         return TC_ACT_SHOT;
     }
-    struct pseudo_hdr4 ph = {h.ip.saddr, h.ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + len)};
-    __u32 psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    __u32 psum;
+    __u32 hsum = header_sum(&h, ctx->p.has_ts, len, &psum);
     __u16 check;
     if (csum_is_partial(skb)) {
         check = csum_fold(psum);
         COUNT(csum_partial);
     } else {
-        __u32 hsum = ctx->p.has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN + TCP_TS_OPTLEN, psum)
-                                   : bpf_csum_diff(0, 0, (__be32 *)&h.tcp, TCP_HLEN, psum);
         check = ~csum_fold(payload_sum(skb, poff, len, rb->b, hsum)) & 0xffff;
         COUNT(csum_full);
     }
