@@ -12,6 +12,7 @@
 
 #define ETH_HLEN_ 14
 #define IPV4_HLEN 20            /* we only build and answer on headers without IP options */
+#define IPV6_HLEN 40            /* ... or IPv6 extension headers */
 #define TCP_HLEN 20
 #define TCP_TS_OPTLEN 12        /* NOP, NOP, kind 8 len 10: what Linux clients send on every segment */
 #define TCP_MAX_OPTLEN 40

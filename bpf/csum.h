@@ -17,3 +17,12 @@ struct pseudo_hdr4 {
     __u8 proto;
     __be16 len;
 };
+
+/* RFC 8200 section 8.1 */
+struct pseudo_hdr6 {
+    __be32 saddr[4];
+    __be32 daddr[4];
+    __be32 len;
+    __u8 zero[3];
+    __u8 proto;
+};

@@ -64,6 +64,8 @@ FS_TABLE("percpu_array", int, struct req_buf, scratch, 1, 0);
 
 /* Handed from fs_ingress to the programs it tail-calls (same CPU, same softirq). */
 FS_TABLE("percpu_array", int, struct answer_ctx, answer_scratch, 1, 0);
+/* fs_egress's own: it can run inside fs_ingress (a clone sent out), so it must not share answer_scratch. */
+FS_TABLE("percpu_array", int, struct egress_ctx, egress_scratch, 1, 0);
 
 /* Connections the kernel ended with its answer (Connection: close, HTTP/1.0): userspace closes
  * the server socket, whose FIN then follows the answer on the wire (DESIGN.md section 2). */

@@ -6,24 +6,57 @@
 #define GO_ON (-1)
 
 
-/* IPv4/TCP headers. Returns 0 if this is a TCP segment we may look at, -1 otherwise. */
+/* IPv4-mapped IPv6 address of an IPv4 one (both network order): see struct conn_key. */
+static __always_inline void map_ipv4(__u32 *a, __be32 v4)
+{
+    a[0] = 0;
+    a[1] = 0;
+    a[2] = bpf_htonl(0xffff);
+    a[3] = v4;
+}
+
+/* Ethernet, then IPv4 or IPv6, then TCP. Returns 0 if this is a TCP segment we may look at, -1
+ * otherwise. IPv6 extension headers are not walked: Linux's TCP sends none, and a segment with
+ * one is not ours to look at (it passes untouched). */
 static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
 {
     if (bpf_skb_load_bytes(skb, 0, &p->eth, sizeof(p->eth)) < 0)
         return -1;
-    if (p->eth.h_proto != bpf_htons(ETH_P_IP))
+    __u32 ip_len, ip_hlen;
+    if (p->eth.h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) < 0)
+            return -1;
+        if (ip.protocol != IPPROTO_TCP || ip.ihl < 5)
+            return -1;
+        map_ipv4(p->saddr, ip.saddr);
+        map_ipv4(p->daddr, ip.daddr);
+        p->ip_plain = ip.ihl == 5 && !(ip.frag_off & bpf_htons(0x3fff));
+        ip_hlen = ip.ihl * 4;
+        ip_len = bpf_ntohs(ip.tot_len);
+    } else if (p->eth.h_proto == bpf_htons(ETH_P_IPV6)) {
+        /* version/class/flow (4), payload length (2), next header, hop limit; then the addresses,
+         * loaded straight into p (the stack is tight) */
+        __u8 fixed[8];
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, fixed, sizeof(fixed)) < 0 ||
+            bpf_skb_load_bytes(skb, ETH_HLEN_ + 8, p->saddr, 32) < 0)
+            return -1;
+        if (fixed[6] != IPPROTO_TCP)
+            return -1;
+        p->v6 = 1;
+        p->ip_plain = 1;
+        ip_hlen = IPV6_HLEN;
+        ip_len = ((__u32)fixed[4] << 8) | fixed[5];
+        ip_len = ip_len ? ip_len + IPV6_HLEN : 0;
+    } else {
         return -1;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN_, &p->ip, sizeof(p->ip)) < 0)
-        return -1;
-    if (p->ip.protocol != IPPROTO_TCP || p->ip.ihl < 5)
-        return -1;
-    p->l4_off = ETH_HLEN_ + p->ip.ihl * 4;
+    }
+    p->l4_off = ETH_HLEN_ + ip_hlen;
     if (bpf_skb_load_bytes(skb, p->l4_off, &p->tcp, sizeof(p->tcp)) < 0)
         return -1;
-    __u32 ip_len = bpf_ntohs(p->ip.tot_len);
     if (ip_len == 0)
-        ip_len = skb->len - ETH_HLEN_;              /* BIG TCP: GSO packets over 64 KiB carry tot_len 0 */
-    __u32 hdrs = p->ip.ihl * 4 + p->tcp.doff * 4;
+        ip_len = skb->len - ETH_HLEN_;              /* BIG TCP: GSO packets over 64 KiB carry length 0 */
+    __u32 hdrs = ip_hlen + p->tcp.doff * 4;
     if (p->tcp.doff < 5 || ip_len < hdrs)
         return -1;
     p->payload_off = p->l4_off + p->tcp.doff * 4;
@@ -31,6 +64,22 @@ static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
     p->has_ts = 0;
     p->only_ts = p->tcp.doff == 5;
     return 0;
+}
+
+/* Length of the IP header of segments we build towards p's sender (no options, no extension
+ * headers). */
+static __always_inline __u32 ip_hlen(const struct pkt *p)
+{
+    return p->v6 ? IPV6_HLEN : IPV4_HLEN;
+}
+
+/* The connection's key from a client->server segment (in) or a server->client one (!in). */
+static __always_inline void conn_key_of(struct conn_key *k, const struct pkt *p, int in)
+{
+    __builtin_memcpy(k->client_ip, in ? p->saddr : p->daddr, 16);
+    __builtin_memcpy(k->server_ip, in ? p->daddr : p->saddr, 16);
+    k->client_port = in ? p->tcp.source : p->tcp.dest;
+    k->server_port = in ? p->tcp.dest : p->tcp.source;
 }
 
 /* The common option layout NOP NOP TS(10): record the timestamps. Anything else leaves only_ts 0. */

@@ -48,10 +48,12 @@ BODY_STRUCT(3, CLASS3_DATA);
 BODY_STRUCT(4, CLASS4_DATA);
 BODY_STRUCT(5, CLASS5_DATA);
 
-/* One TCP connection to the server, keyed by the client->server 4-tuple (IPv4 for now). */
+/* One TCP connection to the server, keyed by the client->server 4-tuple. Addresses are IPv6, in
+ * network order; an IPv4 one is IPv4-mapped (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2), as a
+ * dual-stack socket names its peer, so one key type serves both families. */
 struct conn_key {
-    __u32 client_ip;
-    __u32 server_ip;
+    __u32 client_ip[4];
+    __u32 server_ip[4];
     __u16 client_port;
     __u16 server_port;
 };
@@ -123,11 +125,14 @@ struct counters {
     __u64 errors[NR_KERNEL_ERRORS];
 };
 
-/* A parsed Ethernet/IPv4/TCP segment. */
+/* A parsed Ethernet/IP/TCP segment (IPv4 or IPv6). */
 struct pkt {
     struct ethhdr eth;
-    struct iphdr ip;
+    __u8 v6;                /* IPv6 (else IPv4) */
+    __u8 ip_plain;          /* IPv4 without options or fragmentation; IPv6 with TCP as next header */
     struct tcphdr tcp;
+    __u32 saddr[4];         /* as in struct conn_key: IPv4 addresses are IPv4-mapped */
+    __u32 daddr[4];         /* (right after saddr: IPv6 loads both at once) */
     __u32 l4_off;           /* offset of the TCP header */
     __u32 payload_off;
     __u32 payload_len;
@@ -171,6 +176,12 @@ struct answer_ctx {
     __u32 tsval;
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
+};
+
+/* fs_egress's segment and key (off its stack, which would overflow). */
+struct egress_ctx {
+    struct pkt p;
+    struct conn_key key;
 };
 
 /* One record of the close_events ring buffer. */

@@ -6,41 +6,47 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
         skb->mark = 0;                              /* built by fs_ingress: already translated */
         return TC_ACT_UNSPEC;
     }
-    struct pkt p = {};
-    if (parse_headers(skb, &p) < 0 || p.tcp.source != bpf_htons(SERVER_PORT))
+    int zero = 0;
+    struct egress_ctx *e = egress_scratch.lookup(&zero);
+    if (!e)
+        return TC_ACT_UNSPEC;
+    struct pkt *p = &e->p;
+    struct conn_key *k = &e->key;
+    __builtin_memset(p, 0, sizeof(*p));
+    if (parse_headers(skb, p) < 0 || p->tcp.source != bpf_htons(SERVER_PORT))
         return TC_ACT_UNSPEC;
     count_if(skb, 1);
-    struct conn_key k = {p.ip.daddr, p.ip.saddr, p.tcp.dest, p.tcp.source};
-    struct conn_state *cs = conn_state.lookup(&k);
+    conn_key_of(k, p, 0);
+    struct conn_state *cs = conn_state.lookup(k);
     if (!cs)
         return TC_ACT_UNSPEC;
     /* The newest TSval the client may have seen: a kernel answer must not carry an older one. */
     __u32 tsval, tsecr;
-    if (find_ts(skb, &p, &tsval, &tsecr)) {
+    if (find_ts(skb, p, &tsval, &tsecr)) {
         tsval = bpf_ntohl(tsval);
         if (!(cs->flags & CONN_TS_SEEN) || (__s32)(tsval - cs->srv_tsval) > 0)
             cs->srv_tsval = tsval;
         cs->flags |= CONN_TS_SEEN;
     }
-    if (p.tcp.syn) {
+    if (p->tcp.syn) {
         /* SYN-ACK: scaling is on only if both sides offered it (RFC 7323 section 1.3). */
-        int ws = parse_wscale(skb, &p);
+        int ws = parse_wscale(skb, p);
         if (ws < 0 || !(cs->flags & CONN_WS_OK)) {
             cs->client_wscale = 0;
             cs->flags &= ~CONN_WS_OK;
             ws = 0;
         }
-        cs->server_win = bpf_ntohs(p.tcp.window) >> ws;  /* a SYN's window is never scaled */
-        cs->srv_next = bpf_ntohl(p.tcp.seq) + 1;
+        cs->server_win = bpf_ntohs(p->tcp.window) >> ws;  /* a SYN's window is never scaled */
+        cs->srv_next = bpf_ntohl(p->tcp.seq) + 1;
         cs->srv_isn1 = cs->srv_next;                /* no deltas yet: both views agree */
         return TC_ACT_UNSPEC;
     }
-    cs->server_win = bpf_ntohs(p.tcp.window);
+    cs->server_win = bpf_ntohs(p->tcp.window);
     /* The server socket sends data or closes: from now on only it may send, or sequence space
      * would be shared between two senders. */
-    if (p.payload_len || p.tcp.fin)
+    if (p->payload_len || p->tcp.fin)
         cs->flags |= CONN_USER;
-    xlate_out(skb, &p, cs);
-    forget_if_done(&k, cs, &p);
+    xlate_out(skb, p, cs);
+    forget_if_done(k, cs, p);
     return TC_ACT_UNSPEC;
 }

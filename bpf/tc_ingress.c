@@ -8,15 +8,42 @@
 #define HOLD (-11)        /* drop the segment: the client sends it again later */
 #define SEND_SEG (-12)    /* answer_ctx says which segments (or pure ACK) fs_seg<cls> sends */
 
-/* The headers of a response segment, written over the start of the request skb. */
+/* The headers of a segment we build, written over the start of the request skb: Ethernet, the IP
+ * header of the request's family (its first IPV4_HLEN or IPV6_HLEN bytes of l3), TCP. */
 struct resp_hdrs {
     struct ethhdr eth;
-    struct iphdr ip;
+    union {
+        struct iphdr ip;
+        struct ipv6hdr ip6;
+    };
     struct tcphdr tcp;
     __u8 ts[TCP_TS_OPTLEN];
 } __attribute__((packed));
 
-#define HDRS_NO_TS (sizeof(struct resp_hdrs) - TCP_TS_OPTLEN)
+/* The IP header of a segment of l4 bytes (TCP header and payload) built from request p: towards
+ * its sender (reply), or as p itself came (ack_the_socket). */
+static __always_inline void ip_hdr(struct resp_hdrs *h, struct pkt *p, int reply, __u32 l4)
+{
+    __u32 *src = reply ? p->daddr : p->saddr, *dst = reply ? p->saddr : p->daddr;
+    if (p->v6) {
+        h->ip6.version = 6;
+        h->ip6.payload_len = bpf_htons(l4);
+        h->ip6.nexthdr = IPPROTO_TCP;
+        h->ip6.hop_limit = 64;
+        __builtin_memcpy(&h->ip6.saddr, src, 16);
+        __builtin_memcpy(&h->ip6.daddr, dst, 16);
+        return;
+    }
+    h->ip.version = 4;
+    h->ip.ihl = 5;
+    h->ip.tot_len = bpf_htons(IPV4_HLEN + l4);
+    h->ip.frag_off = bpf_htons(0x4000);             /* DF, as Linux sends TCP */
+    h->ip.ttl = 64;
+    h->ip.protocol = IPPROTO_TCP;
+    h->ip.saddr = src[3];
+    h->ip.daddr = dst[3];
+    h->ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->ip, IPV4_HLEN, 0)) & 0xffff;
+}
 
 /* Copy data[src, src + len) into the skb at dst: whole CHUNKs, then the rest (len % CHUNK) in
  * power-of-two pieces, each read clamped inside data[size] (a no-op for valid offsets; the
@@ -59,15 +86,7 @@ static __always_inline void segment_hdrs(struct resp_hdrs *h, struct answer_ctx 
     __builtin_memcpy(h->eth.h_dest, p->eth.h_source, ETH_ALEN);
     __builtin_memcpy(h->eth.h_source, p->eth.h_dest, ETH_ALEN);
     h->eth.h_proto = p->eth.h_proto;
-    h->ip.version = 4;
-    h->ip.ihl = 5;
-    h->ip.tot_len = bpf_htons(IPV4_HLEN + thl + len);
-    h->ip.frag_off = bpf_htons(0x4000);
-    h->ip.ttl = 64;
-    h->ip.protocol = IPPROTO_TCP;
-    h->ip.saddr = p->ip.daddr;
-    h->ip.daddr = p->ip.saddr;
-    h->ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->ip, IPV4_HLEN, 0)) & 0xffff;
+    ip_hdr(h, p, 1, thl + len);
     h->tcp.source = p->tcp.dest;
     h->tcp.dest = p->tcp.source;
     h->tcp.seq = bpf_htonl(seq);
@@ -116,25 +135,47 @@ static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u
 /* The headers' part of a TCP checksum: the pseudo-header sum (into *psum: what a
  * CHECKSUM_PARTIAL skb's field holds) and, returned, that plus the TCP header with its options
  * (`len`: payload bytes). */
-static __always_inline __u32 header_sum(struct resp_hdrs *h, int has_ts, __u32 len, __u32 *psum)
+static __always_inline __u32 header_sum(struct resp_hdrs *h, int v6, int has_ts, __u32 len, __u32 *psum)
 {
     __u32 thl = has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
-    struct pseudo_hdr4 ph = {h->ip.saddr, h->ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + len)};
-    *psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    if (v6) {
+        struct pseudo_hdr6 ph = {};
+        __builtin_memcpy(ph.saddr, &h->ip6.saddr, 16);
+        __builtin_memcpy(ph.daddr, &h->ip6.daddr, 16);
+        ph.len = bpf_htonl(thl + len);
+        ph.proto = IPPROTO_TCP;
+        *psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    } else {
+        struct pseudo_hdr4 ph = {h->ip.saddr, h->ip.daddr, 0, IPPROTO_TCP, bpf_htons(thl + len)};
+        *psum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    }
     return has_ts ? bpf_csum_diff(0, 0, (__be32 *)&h->tcp, TCP_HLEN + TCP_TS_OPTLEN, *psum)
                   : bpf_csum_diff(0, 0, (__be32 *)&h->tcp, TCP_HLEN, *psum);
 }
 
-/* Write built headers over the start of the skb (the timestamp option only if there is one). */
-static __always_inline long store_hdrs(struct __sk_buff *skb, struct resp_hdrs *h, int has_ts)
+/* Write built headers over the start of the skb: Ethernet and the IP header of the family, then
+ * TCP (the timestamp option only if there is one). Constant lengths on each branch. */
+static __always_inline long store_hdrs(struct __sk_buff *skb, struct resp_hdrs *h, int v6, int has_ts)
 {
-    return has_ts ? bpf_skb_store_bytes(skb, 0, h, sizeof(*h), 0) : bpf_skb_store_bytes(skb, 0, h, HDRS_NO_TS, 0);
+    const __u32 tcp_ts = TCP_HLEN + TCP_TS_OPTLEN;
+    long err;
+    if (v6) {
+        err = bpf_skb_store_bytes(skb, 0, h, ETH_HLEN_ + IPV6_HLEN, 0);
+        err |= has_ts ? bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV6_HLEN, &h->tcp, tcp_ts, 0)
+                      : bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV6_HLEN, &h->tcp, TCP_HLEN, 0);
+    } else {
+        err = bpf_skb_store_bytes(skb, 0, h, ETH_HLEN_ + IPV4_HLEN, 0);
+        err |= has_ts ? bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV4_HLEN, &h->tcp, tcp_ts, 0)
+                      : bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV4_HLEN, &h->tcp, TCP_HLEN, 0);
+    }
+    return err;
 }
 
-/* Is the skb CHECKSUM_PARTIAL (the stack completes the sum; see store_tcp_csum)? */
-static __always_inline int csum_is_partial(struct __sk_buff *skb)
+/* Is the skb CHECKSUM_PARTIAL (the stack completes the sum; see store_tcp_csum)? l3: its IP
+ * header's length. */
+static __always_inline int csum_is_partial(struct __sk_buff *skb, __u32 l3)
 {
-    __u32 csum_off = ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF;
+    __u32 csum_off = ETH_HLEN_ + l3 + TCP_CSUM_OFF;
     __u16 probe = 0;
     bpf_l4_csum_replace(skb, csum_off, 0, bpf_htons(1), 2);
     bpf_skb_load_bytes(skb, csum_off, &probe, sizeof(probe));
@@ -145,17 +186,17 @@ static __always_inline int csum_is_partial(struct __sk_buff *skb)
  * (lo, veth with offload) bpf_l4_csum_replace leaves the field alone and the stack completes the
  * sum later: the field must then hold the folded pseudo-header sum `psum`; otherwise it gets the
  * full sum of pseudo-header, header and payload (`full`). Probe which case this is. */
-static __always_inline void store_tcp_csum(struct __sk_buff *skb, __u32 psum, __u64 full)
+static __always_inline void store_tcp_csum(struct __sk_buff *skb, __u32 l3, __u32 psum, __u64 full)
 {
     __u16 check;
-    if (csum_is_partial(skb)) {
+    if (csum_is_partial(skb, l3)) {
         check = csum_fold(psum);
         COUNT(csum_partial);
     } else {
         check = ~csum_fold(full) & 0xffff;
         COUNT(csum_full);
     }
-    bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF, &check, sizeof(check), 0);
+    bpf_skb_store_bytes(skb, ETH_HLEN_ + l3 + TCP_CSUM_OFF, &check, sizeof(check), 0);
 }
 
 /* A connection back from userspace may be answered on a segment whose acknowledgement of
@@ -169,15 +210,7 @@ static __always_inline void ack_the_socket(struct __sk_buff *skb, struct pkt *p,
     __u32 thl = p->has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
     __builtin_memset(hp, 0, sizeof(*hp));          /* the caller's space: the stack is full */
     hp->eth = p->eth;
-    hp->ip.version = 4;
-    hp->ip.ihl = 5;
-    hp->ip.tot_len = bpf_htons(IPV4_HLEN + thl);
-    hp->ip.frag_off = bpf_htons(0x4000);
-    hp->ip.ttl = 64;
-    hp->ip.protocol = IPPROTO_TCP;
-    hp->ip.saddr = p->ip.saddr;
-    hp->ip.daddr = p->ip.daddr;
-    hp->ip.check = ~csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hp->ip, IPV4_HLEN, 0)) & 0xffff;
+    ip_hdr(hp, p, 0, thl);
     hp->tcp = p->tcp;
     hp->tcp.seq = bpf_htonl(bpf_ntohl(p->tcp.seq) - cs->delta_in);
     hp->tcp.ack_seq = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) - cs->delta_out);
@@ -193,14 +226,14 @@ static __always_inline void ack_the_socket(struct __sk_buff *skb, struct pkt *p,
         __builtin_memcpy(&hp->ts[8], &p->tsecr, 4);
     }
     __u32 psum;
-    __u32 hsum = header_sum(hp, p->has_ts, 0, &psum);
+    __u32 hsum = header_sum(hp, p->v6, p->has_ts, 0, &psum);
     cs->flags &= ~CONN_SOCK_ACK;
-    if (bpf_skb_change_tail(skb, ETH_HLEN_ + IPV4_HLEN + thl, 0) < 0)
+    if (bpf_skb_change_tail(skb, ETH_HLEN_ + ip_hlen(p) + thl, 0) < 0)
         return;                                     /* the socket learns it from a later segment */
-    long err = store_hdrs(skb, hp, p->has_ts);
+    long err = store_hdrs(skb, hp, p->v6, p->has_ts);
     if (err)
         return;
-    store_tcp_csum(skb, psum, hsum);
+    store_tcp_csum(skb, ip_hlen(p), psum, hsum);
     skb->mark = KERNEL_MARK;                        /* fs_ingress lets it through untouched */
     bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
     skb->mark = 0;
@@ -224,16 +257,16 @@ static __always_inline __u32 our_tsval(struct conn_state *cs, __u32 tsecr)
 
 /* Payload bytes one segment may carry: what the link's frame holds (with thl bytes of TCP header)
  * and the client's MSS (which excludes TCP options: RFC 9293 section 3.7.1). 0: none. */
-static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_state *cs, __u32 thl)
+static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_state *cs, __u32 l3, __u32 thl)
 {
     __u32 ifindex = skb->ifindex;
     __u32 *max_frame = if_max_frame.lookup(&ifindex);
     if (!max_frame)
         return 0;
     __u32 link = *max_frame < MAX_FRAME ? *max_frame : MAX_FRAME;
-    if (link <= ETH_HLEN_ + IPV4_HLEN + thl)
+    if (link <= ETH_HLEN_ + l3 + thl)
         return 0;
-    __u32 seg = link - ETH_HLEN_ - IPV4_HLEN - thl;
+    __u32 seg = link - ETH_HLEN_ - l3 - thl;
     __u32 opts = thl - TCP_HLEN;
     __u32 mss = cs->client_mss > opts ? cs->client_mss - opts : 0;
     return mss < seg ? mss : seg;
@@ -273,7 +306,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         return PASS_TOO_BIG;                        /* (a head this long is not worth a variant) */
     __u32 total = rlen + extra;
     __u32 thl = p->has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
-    __u32 seg = seg_payload(skb, cs, thl);
+    __u32 l3 = ip_hlen(p);
+    __u32 seg = seg_payload(skb, cs, l3, thl);
     __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
     if (total > win)
         return PASS_WINDOW;
@@ -303,7 +337,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         ctx->tsecr = p->tsval;
         return SEND_MULTI;
     }
-    __u32 frame = ETH_HLEN_ + IPV4_HLEN + thl + total;
+    __u32 frame = ETH_HLEN_ + l3 + thl + total;
     if (frame > MAX_FRAME)
         return PASS_TOO_BIG;
 
@@ -317,7 +351,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     ctx->tsecr = p->tsval;
     segment_hdrs(&h, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);   /* seq == srv_next, checked by the caller */
     __u32 psum;
-    __u32 hsum = header_sum(&h, p->has_ts, total, &psum);
+    __u32 hsum = header_sum(&h, p->v6, p->has_ts, total, &psum);
     __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
@@ -325,15 +359,15 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         return PASS_TOO_BIG;
     }
     /* From here on the request is gone: any failure drops the skb and the client retransmits. */
-    long err = store_hdrs(skb, &h, p->has_ts);
-    __u32 poff = ETH_HLEN_ + IPV4_HLEN + thl;
+    long err = store_hdrs(skb, &h, p->v6, p->has_ts);
+    __u32 poff = ETH_HLEN_ + l3 + thl;
     err |= store_variant(skb, poff, data, rlen, hx, variant, extra, date, date_off, size);
     if (err) {
         COUNT_ERR(ERR_STORE);
         return TC_ACT_SHOT;
     }
 
-    store_tcp_csum(skb, psum, (__u64)hsum + body_csum + dsum);
+    store_tcp_csum(skb, l3, psum, (__u64)hsum + body_csum + dsum);
 
     record_answer(cs, req_seq, p->payload_len, total, variant);
     skb->mark = KERNEL_MARK;
@@ -469,9 +503,15 @@ static __always_inline int send_class5(struct __sk_buff *skb, struct answer_ctx 
 /* Tell userspace about a connection the kernel ended (close_events: it wakes a reader thread). */
 static __always_inline void tell_close(struct conn_key *k, __u32 kind)
 {
-    struct close_event ev = {*k, kind};
-    if (close_events.ringbuf_output(&ev, sizeof(ev), 0) < 0)
+    /* Written in place (reserve, submit): a copy on the stack would not fit beside the callers'. */
+    struct close_event *ev = close_events.ringbuf_reserve(sizeof(struct close_event));
+    if (!ev) {
         COUNT_ERR(ERR_CLOSE_LOST);
+        return;
+    }
+    __builtin_memcpy(&ev->key, k, sizeof(*k));
+    ev->kind = kind;
+    close_events.ringbuf_submit(ev, 0);
 }
 
 /* ---- Multi-segment answers ------------------------------------------------------------------ */
@@ -512,17 +552,18 @@ static __always_inline int send_ack(struct __sk_buff *skb, struct answer_ctx *ct
     struct resp_hdrs h = {};
     segment_hdrs(&h, ctx, cs, cs->srv_next, 0, thl, 0);
     __u32 psum;
-    __u32 hsum = header_sum(&h, ctx->p.has_ts, 0, &psum);
-    if (bpf_skb_change_tail(skb, ETH_HLEN_ + IPV4_HLEN + thl, 0) < 0) {
+    __u32 l3 = ip_hlen(&ctx->p);
+    __u32 hsum = header_sum(&h, ctx->p.v6, ctx->p.has_ts, 0, &psum);
+    if (bpf_skb_change_tail(skb, ETH_HLEN_ + l3 + thl, 0) < 0) {
         COUNT_ERR(ERR_CHANGE_TAIL);
         return TC_ACT_SHOT;
     }
-    long err = store_hdrs(skb, &h, ctx->p.has_ts);
+    long err = store_hdrs(skb, &h, ctx->p.v6, ctx->p.has_ts);
     if (err) {
         COUNT_ERR(ERR_STORE);
         return TC_ACT_SHOT;
     }
-    store_tcp_csum(skb, psum, hsum);
+    store_tcp_csum(skb, l3, psum, hsum);
     COUNT(acks);
     skb->mark = KERNEL_MARK;
     return bpf_redirect(skb->ifindex, 0);
@@ -563,7 +604,8 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     if (off && off < extra)
         return TC_ACT_SHOT;
     __u32 thl = ctx->p.has_ts ? TCP_HLEN + TCP_TS_OPTLEN : TCP_HLEN;
-    __u32 poff = ETH_HLEN_ + IPV4_HLEN + thl;
+    __u32 l3 = ip_hlen(&ctx->p);
+    __u32 poff = ETH_HLEN_ + l3 + thl;
     if (len > MAX_SEG_PAYLOAD || bpf_skb_change_tail(skb, poff + len, 0) < 0) {
         COUNT_ERR(ERR_CHANGE_TAIL);
         return TC_ACT_SHOT;
@@ -571,7 +613,7 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     __u32 start = cs->srv_next - total;
     struct resp_hdrs h = {};
     segment_hdrs(&h, ctx, cs, start + off, len, thl, off + len == total);
-    long err = store_hdrs(skb, &h, ctx->p.has_ts);
+    long err = store_hdrs(skb, &h, ctx->p.v6, ctx->p.has_ts);
     if (off == 0) {
         err |= store_variant(skb, poff, full, len - extra, hx, variant, extra, clk->date, DATE_SLOT_OFFSET, region);
     } else {
@@ -582,16 +624,16 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
         return TC_ACT_SHOT;
     }
     __u32 psum;
-    __u32 hsum = header_sum(&h, ctx->p.has_ts, len, &psum);
+    __u32 hsum = header_sum(&h, ctx->p.v6, ctx->p.has_ts, len, &psum);
     __u16 check;
-    if (csum_is_partial(skb)) {
+    if (csum_is_partial(skb, l3)) {
         check = csum_fold(psum);
         COUNT(csum_partial);
     } else {
         check = ~csum_fold(payload_sum(skb, poff, len, rb->b, hsum)) & 0xffff;
         COUNT(csum_full);
     }
-    bpf_skb_store_bytes(skb, ETH_HLEN_ + IPV4_HLEN + TCP_CSUM_OFF, &check, sizeof(check), 0);
+    bpf_skb_store_bytes(skb, ETH_HLEN_ + l3 + TCP_CSUM_OFF, &check, sizeof(check), 0);
     if (ctx->seg_resend)
         COUNT(resent);
     skb->mark = KERNEL_MARK;
@@ -654,8 +696,9 @@ static __always_inline int seg_class5(struct __sk_buff *skb, struct answer_ctx *
 /* A segment of a connection whose multi-segment answer the client does not wholly have yet (or has
  * just completed with this ACK). Returns SEND_SEG with answer_ctx set up, HOLD, or GO_ON (the
  * segment is handled as usual). */
-static __always_inline int in_flight(struct __sk_buff *skb, struct pkt *p, struct conn_key *k, struct conn_state *cs)
+static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs)
 {
+    struct pkt *p = &ctx->p;
     if (p->tcp.syn || p->tcp.rst || p->tcp.fin || !p->tcp.ack)
         return GO_ON;                               /* the socket handles those (and acknowledges) */
     __u32 ack = bpf_ntohl(p->tcp.ack_seq), seq = bpf_ntohl(p->tcp.seq);
@@ -671,15 +714,12 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct pkt *p, struc
     } else if (p->payload_len && !request_again) {
         return HOLD;                                /* a request behind the answer: it must wait */
     }
-    int zero = 0;
-    struct answer_ctx *ctx = answer_scratch.lookup(&zero);
-    if (!ctx)
+    __u32 seg = cs->seg_size;
+    if (!seg)
         return GO_ON;
     __u32 tsval = 0, tsecr = 0;
-    ctx->p = *p;
-    ctx->p.has_ts = find_ts(skb, p, &tsval, &tsecr);
-    ctx->key = *k;
-    ctx->tsval = ctx->p.has_ts ? our_tsval(cs, tsecr) : 0;
+    p->has_ts = find_ts(skb, p, &tsval, &tsecr);   /* any option layout (SACK blocks, ...) */
+    ctx->tsval = p->has_ts ? our_tsval(cs, tsecr) : 0;
     ctx->tsecr = tsval;
     ctx->seg_resend = 1;
     if (whole) {
@@ -690,9 +730,6 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct pkt *p, struc
         ctx->ack_seq = bpf_htonl(cs->next_seq);
         return SEND_SEG;
     }
-    __u32 seg = cs->seg_size;
-    if (!seg)
-        return GO_ON;
     __u32 from = (ack - start) / seg * seg;         /* the first segment it lacks */
     ctx->ack_seq = bpf_htonl(cs->last_req_seq);     /* still not acknowledging the request */
     ctx->seg_off = from;
@@ -730,11 +767,20 @@ static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, 
     if (ack != cs->srv_isn1 + (__u32)idle->written)
         return 0;
     struct bpf_sock_tuple t = {};
-    t.ipv4.saddr = p->ip.saddr;
-    t.ipv4.daddr = p->ip.daddr;
-    t.ipv4.sport = p->tcp.source;
-    t.ipv4.dport = p->tcp.dest;
-    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    struct bpf_sock *sk;
+    if (p->v6) {
+        __builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
+        __builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
+        t.ipv6.sport = p->tcp.source;
+        t.ipv6.dport = p->tcp.dest;
+        sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+    } else {
+        t.ipv4.saddr = p->saddr[3];
+        t.ipv4.daddr = p->daddr[3];
+        t.ipv4.sport = p->tcp.source;
+        t.ipv4.dport = p->tcp.dest;
+        sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    }
     if (!sk)
         return 0;
     int back = 0;
@@ -771,7 +817,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
         return PASS_USER_OWNED;
     if (p->tcp.fin || p->tcp.rst || p->tcp.urg || !p->tcp.ack)
         return PASS_TCP_OPTIONS;
-    if (p->ip.ihl != 5 || (p->ip.frag_off & bpf_htons(0x3fff)))
+    if (!p->ip_plain)
         return PASS_IP_OPTIONS;
     parse_ts_option(skb, p);
     if (!p->only_ts)
@@ -835,8 +881,6 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     rb->http10 = 0;
     rb->conn_hdr = 0;
     __builtin_memset(&rb->key, 0, sizeof(rb->key));
-    ctx->p = *p;
-    ctx->key = *k;
     ctx->rolled_back = *rolled_back;
     return PARSE;
 }
@@ -885,19 +929,27 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         skb->mark = 0;                              /* ack_the_socket's ACK: already translated */
         return TC_ACT_UNSPEC;
     }
-    struct pkt p = {};
-    if (parse_headers(skb, &p) < 0 || p.tcp.dest != bpf_htons(SERVER_PORT))
+    /* The segment and its key live in answer_ctx, where the tail-called programs find them (and
+     * off the stack, which is full). */
+    int zero = 0;
+    struct answer_ctx *ctx = answer_scratch.lookup(&zero);
+    if (!ctx)
+        return TC_ACT_UNSPEC;
+    struct pkt *p = &ctx->p;
+    struct conn_key *k = &ctx->key;
+    __builtin_memset(p, 0, sizeof(*p));
+    if (parse_headers(skb, p) < 0 || p->tcp.dest != bpf_htons(SERVER_PORT))
         return TC_ACT_UNSPEC;                       /* not ours: let other filters see it */
     count_if(skb, 0);
-    struct conn_key k = {p.ip.saddr, p.ip.daddr, p.tcp.source, p.tcp.dest};
-    if (p.tcp.syn) {
-        if (!p.tcp.ack)
-            new_connection(&p, &k, skb);
+    conn_key_of(k, p, 1);
+    if (p->tcp.syn) {
+        if (!p->tcp.ack)
+            new_connection(p, k, skb);
         return TC_ACT_UNSPEC;
     }
-    struct conn_state *cs = conn_state.lookup(&k);
+    struct conn_state *cs = conn_state.lookup(k);
     if (!cs) {
-        if (p.payload_len)
+        if (p->payload_len)
             COUNT_PASS(PASS_NO_CONN);
         return TC_ACT_UNSPEC;
     }
@@ -905,14 +957,14 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     /* The client has every byte of an answer that ends the connection: userspace may now close
      * the socket, whose FIN then follows the answer. Not before: the kernel can resend a lost
      * answer only while the socket has sent nothing after it. */
-    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING && p.tcp.ack &&
-        (__s32)(bpf_ntohl(p.tcp.ack_seq) - cs->srv_next) >= 0) {
+    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING && p->tcp.ack &&
+        (__s32)(bpf_ntohl(p->tcp.ack_seq) - cs->srv_next) >= 0) {
         cs->flags |= CONN_CLOSE_ACKED;
-        tell_close(&k, CLOSE_NOW);
+        tell_close(k, CLOSE_NOW);
     }
 
     if (cs->flags & CONN_UNACKED) {
-        int f = in_flight(skb, &p, &k, cs);
+        int f = in_flight(skb, ctx, cs);
         if (f == SEND_SEG) {
             progs.call(skb, PROG_SEG0 + (cs->resp_cls < NR_CLASSES ? cs->resp_cls : 0));
             return TC_ACT_SHOT;                     /* no tail call: as if lost, and recovered alike */
@@ -923,7 +975,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         }
     }
     int rolled_back = 0;
-    int r = check_segment(skb, &p, &k, cs, &rolled_back);
+    int r = check_segment(skb, p, k, cs, &rolled_back);
     if (r == HOLD) {
         COUNT(held);
         return TC_ACT_SHOT;
@@ -932,8 +984,8 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         progs.call(skb, PROG_PARSE0);
         r = PASS_TOO_LONG;
     }
-    int verdict = finish_pass(skb, &p, cs, r, rolled_back);
-    forget_if_done(&k, cs, &p);
+    int verdict = finish_pass(skb, p, cs, r, rolled_back);
+    forget_if_done(k, cs, p);
     return verdict;
 }
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from fileserver.config import Config
-from fileserver.datapath import CloseEvent
+from fileserver.datapath import CloseEvent, canonical_address
 from fileserver.handlers import StaticHandler, UserStats
 
 # A closing answer the client never acknowledged (its ACK lost): close after this long anyway.
@@ -72,7 +72,8 @@ class _RequestHandler(web.RequestHandler):
         self._arm()
         peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         if peer and local:
-            self._addresses = (peer[0], peer[1], local[0], local[1])
+            # The spelling close events use: a dual-stack socket names an IPv4 peer ::ffff:a.b.c.d.
+            self._addresses = (canonical_address(peer[0]), peer[1], canonical_address(local[0]), local[1])
             self._registry.add(self._addresses, self)
 
     def connection_lost(self, exc: BaseException | None) -> None:

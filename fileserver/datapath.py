@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import ipaddress
 import itertools
 import logging
 import os
@@ -162,7 +163,7 @@ class Counters:
 
 # The maps bpf/maps.h declares (all but the per-build tail-call array `progs`).
 SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
-               "scratch", "answer_scratch", "close_events", "user_idle")
+               "scratch", "answer_scratch", "egress_scratch", "close_events", "user_idle")
 MAPS_SOURCE = BPF_DIR / "maps.c"
 # bcc's exported tables live in one process-wide registry keyed by name, and exporting a name again
 # keeps the first (closed) entry: every map set after the first in a process gets its own names.
@@ -422,8 +423,9 @@ class Datapath:
 
         def raw(_ctx: object, data: int, _size: int) -> None:
             ev = ct.cast(data, ct.POINTER(_CloseEventC)).contents
-            callback(CloseEvent(_ipv4(ev.client_ip), socket.ntohs(ev.client_port), _ipv4(ev.server_ip),
-                                socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW, ev.kind == CLOSE_ABORT))
+            callback(CloseEvent(address_text(bytes(ev.client_ip)), socket.ntohs(ev.client_port),
+                                address_text(bytes(ev.server_ip)), socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW,
+                                ev.kind == CLOSE_ABORT))
 
         self._map("close_events").open_ring_buffer(raw)
 
@@ -459,7 +461,7 @@ class Datapath:
         now = time.monotonic_ns()
         dead = []
         for k, v in self.conn_state.items():
-            tup = (k.client_ip, k.client_port, k.server_ip)
+            tup = (bytes(k.client_ip), k.client_port, bytes(k.server_ip))
             if tup not in live and now - v.last_seen_ns > idle_ns:
                 dead.append(k)
         for k in dead:
@@ -487,46 +489,65 @@ class CloseEvent:
 
 
 class _CloseEventC(ct.Structure):
-    _fields_ = [("client_ip", ct.c_uint32), ("server_ip", ct.c_uint32), ("client_port", ct.c_uint16),
+    _fields_ = [("client_ip", ct.c_uint8 * 16), ("server_ip", ct.c_uint8 * 16), ("client_port", ct.c_uint16),
                 ("server_port", ct.c_uint16), ("kind", ct.c_uint32)]
 
 
-def _native_ipv4(dotted: str) -> int:
-    return int(struct.unpack("=I", socket.inet_aton(dotted))[0])
+def address_bytes(text: str) -> bytes:
+    """An address as struct conn_key holds it: 16 bytes in network order, IPv4 as IPv4-mapped
+    (::ffff:a.b.c.d), which is also how a dual-stack socket names an IPv4 peer."""
+    ip = ipaddress.ip_address(text.split("%")[0])  # (a link-local peer's name carries its scope)
+    if isinstance(ip, ipaddress.IPv4Address):
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    return ip.packed
+
+
+def address_text(packed: bytes) -> str:
+    """The inverse of address_bytes, and the one spelling of an address on both sides: dotted
+    for IPv4 (mapped or not), compressed IPv6 otherwise."""
+    ip = ipaddress.IPv6Address(packed)
+    return str(ip.ipv4_mapped or ip)
+
+
+def canonical_address(text: str) -> str:
+    """A socket's name for an address in the spelling close events use (see address_text)."""
+    return address_text(address_bytes(text))
 
 
 def _conn_key(table: object, client_ip: str, client_port: int, server_ip: str, server_port: int) -> object:
     """A struct conn_key (as the programs build it) for a table keyed by it."""
     key = table.Key()  # type: ignore[attr-defined]
-    key.client_ip, key.server_ip = _native_ipv4(client_ip), _native_ipv4(server_ip)
+    ct.memmove(key.client_ip, address_bytes(client_ip), 16)
+    ct.memmove(key.server_ip, address_bytes(server_ip), 16)
     key.client_port, key.server_port = socket.htons(client_port), socket.htons(server_port)
     return key
-
-
-def _ipv4(native: int) -> str:
-    """An address as the maps hold it (network order read as a native u32) in dotted form."""
-    return socket.inet_ntoa(struct.pack("=I", native))
 
 
 # TIME_WAIT, CLOSE and LISTEN (hex, as /proc/net/tcp prints them): no segment of these needs translating.
 _GONE_STATES = {"06", "07", "0A"}
 
 
-def _live_connections(port: int) -> set[tuple[int, int, int]]:
-    """(client ip, client port, server ip) of TCP sockets on our port, as the maps store them
-    (addresses in network order read as a native u32, ports in network order as a native u16)."""
+def _proc_address(hexaddr: str) -> bytes:
+    """An address as /proc/net/tcp{,6} prints it (each 32-bit word as a native u32 in hex) in
+    struct conn_key's form."""
+    words = b"".join(struct.pack("=I", int(hexaddr[i:i + 8], 16)) for i in range(0, len(hexaddr), 8))
+    return words if len(words) == 16 else b"\0" * 10 + b"\xff\xff" + words
+
+
+def _live_connections(port: int) -> set[tuple[bytes, int, bytes]]:
+    """(client address, client port, server address) of TCP sockets on our port, IPv4 and IPv6, as
+    the maps store them (addresses as in struct conn_key, ports in network order as a native u16)."""
     live = set()
-    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            parts = line.split()
-            if parts[3] in _GONE_STATES:
-                continue
-            laddr, lport = parts[1].split(":")
-            raddr, rport = parts[2].split(":")
-            if int(lport, 16) != port:
-                continue
-            # /proc prints the address as the native u32 in hex, which is what the key holds.
-            client_port_net = socket.htons(int(rport, 16))
-            live.add((int(raddr, 16), client_port_net, int(laddr, 16)))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[3] in _GONE_STATES:
+                    continue
+                laddr, lport = parts[1].split(":")
+                raddr, rport = parts[2].split(":")
+                if int(lport, 16) != port:
+                    continue
+                live.add((_proc_address(raddr), socket.htons(int(rport, 16)), _proc_address(laddr)))
     return live

@@ -136,13 +136,13 @@ class ActiveKernelPath(KernelPath):
     def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
         try:
             self.dp.mark_user_idle(*addresses, consumed, written)
-        except (OSError, ValueError):  # not IPv4, or the map refused: the connection stays with userspace
+        except (OSError, ValueError):  # not an IP address (a Unix socket), or the map refused: it stays in userspace
             pass
 
     def seconds_since_segment(self, addresses: tuple[str, int, str, int]) -> float | None:
         try:
             seen = self.dp.kernel_last_seen_ns(*addresses)
-        except (OSError, ValueError):  # not IPv4
+        except (OSError, ValueError):  # not an IP address
             return None
         return None if seen is None else (time.monotonic_ns() - seen) / 1e9
 

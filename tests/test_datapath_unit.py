@@ -73,3 +73,33 @@ def test_date_slots_match_the_header_blocks() -> None:
     assert int(c_define("NM_DATE_SLOT_OFFSET")) == datapath.NM_DATE_SLOT_OFFSET
     assert int(c_define("NM_REGION")) == datapath.NM_REGION
     assert datapath.DATE_SLOT_OFFSET % 2 == 0 and datapath.NM_DATE_SLOT_OFFSET % 2 == 0  # 16-bit aligned for the sums
+
+
+def test_addresses_take_conn_keys_form() -> None:
+    """struct conn_key holds IPv6 addresses, IPv4 ones IPv4-mapped; each address has one spelling
+    on both sides (close events and the connection registry)."""
+    assert datapath.address_bytes("10.0.0.1") == bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])
+    assert datapath.address_bytes("::1") == bytes(15) + b"\x01"
+    assert datapath.address_text(datapath.address_bytes("10.0.0.1")) == "10.0.0.1"
+    assert datapath.canonical_address("::ffff:127.0.0.1") == "127.0.0.1"
+    assert datapath.canonical_address("fe80::1%veth0") == "fe80::1"
+    assert datapath.canonical_address("FD77:0::1") == "fd77::1"
+
+
+def test_live_connections_reads_ipv4_and_ipv6() -> None:
+    """The conn_state GC keeps entries of live sockets: it must read both /proc tables in the form
+    the keys hold (a miss here would delete a live connection's translation)."""
+    import socket
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as listener:
+            listener.bind((host, 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            with socket.create_connection((host, port)) as client:
+                server, _ = listener.accept()
+                with server:
+                    live = datapath._live_connections(port)
+                    key = (datapath.address_bytes(host), socket.htons(client.getsockname()[1]),
+                           datapath.address_bytes(host))
+                    assert key in live, (host, live)
