@@ -64,7 +64,7 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
               help="TOML file of settings (keys are the long option names); read again on SIGHUP.")
 @click.option("-d", "--root", type=click.Path(path_type=Path), default=_DEFAULTS.root, envvar=_envvar("ROOT"), help="Document root.")
 @click.option("-p", "--port", type=int, default=_DEFAULTS.port, envvar=_envvar("PORT"), help="HTTP port.")
-@click.option("--bind", default=_DEFAULTS.bind, envvar=_envvar("BIND"), help="Address to listen on.")
+@click.option("--bind", default=_DEFAULTS.bind, envvar=_envvar("BIND"), help="Address(es) to listen on, comma-separated: 0.0.0.0,:: for IPv4 and IPv6.")
 @click.option("-i", "--interface", "interfaces", multiple=True, default=_DEFAULTS.interfaces, envvar=_envvar("INTERFACE"),
               help="Interface for the kernel path (repeatable; in the environment, space-separated).")
 @click.option("-n", "--no-kernel-cache", is_flag=True, envvar=_envvar("NO_KERNEL_CACHE"), help="Serve from userspace only.")

@@ -43,6 +43,11 @@ class Config:
     shutdown_timeout: float = 10.0
     verbose: bool = False
 
+    @property
+    def bind_addresses(self) -> tuple[str, ...]:
+        """--bind is one address or several, comma-separated ("0.0.0.0,::": IPv4 and IPv6)."""
+        return tuple(a.strip() for a in self.bind.split(",") if a.strip())
+
     def validated(self) -> "Config":
         """Check the values and return a copy whose root is absolute and resolved."""
         root = Path(self.root)

@@ -77,7 +77,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     async with AsyncExitStack() as stack:
         try:
             # Listen first: a port in use must fail before any TC filter is touched.
-            await _start_site(runner, config.bind, config.port, "HTTP")
+            for address in config.bind_addresses:
+                await _start_site(runner, address, config.port, "HTTP")
             kernel = await stack.enter_async_context(start_kernel_path(config, resolver, memcache))
         except BaseException:
             await runner.cleanup()
