@@ -67,7 +67,8 @@ def tool() -> object:
 
 
 class VethPair:
-    """Two namespaces joined by a veth pair: server 10.77.0.1, client 10.77.0.2, full checksums."""
+    """Two namespaces joined by a veth pair: server 10.77.0.1 and fd77::1, client 10.77.0.2 and fd77::2,
+    full checksums."""
 
     def __init__(self) -> None:
         import os
@@ -83,6 +84,9 @@ class VethPair:
                         "name", self.client_if, "netns", self.client.name], check=True)
         self.server.run("ip", "addr", "add", "10.77.0.1/24", "dev", self.server_if)
         self.client.run("ip", "addr", "add", "10.77.0.2/24", "dev", self.client_if)
+        # and IPv6 (no duplicate address detection: usable at once)
+        self.server.run("ip", "addr", "add", "fd77::1/64", "dev", self.server_if, "nodad")
+        self.client.run("ip", "addr", "add", "fd77::2/64", "dev", self.client_if, "nodad")
         for ns, dev in ((self.server, self.server_if), (self.client, self.client_if)):
             ns.run("ip", "link", "set", dev, "up")
             ns.run(ethtool, "-K", dev, "tx", "off")  # full checksums: CHECKSUM_PARTIAL hides bugs

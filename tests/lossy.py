@@ -10,6 +10,7 @@ DROPPER = r"""
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/pkt_cls.h>
@@ -23,13 +24,29 @@ BPF_ARRAY(stats, u64, 3);
 
 int drop_chosen(struct __sk_buff *skb)
 {
-    struct iphdr ip;
+    struct ethhdr eth;
     struct tcphdr tcp;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_TCP)
+    u32 l4, ip_payload;     /* TCP header offset; IP payload bytes (TCP header and data) */
+    if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
         return TC_ACT_UNSPEC;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &tcp, sizeof(tcp)) < 0 || tcp.source != htons(SPORT))
+    if (eth.h_proto == htons(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_TCP)
+            return TC_ACT_UNSPEC;
+        l4 = ETH_HLEN + ip.ihl * 4;
+        ip_payload = ntohs(ip.tot_len) - ip.ihl * 4;
+    } else if (eth.h_proto == htons(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != IPPROTO_TCP)
+            return TC_ACT_UNSPEC;
+        l4 = ETH_HLEN + sizeof(ip6);
+        ip_payload = ntohs(ip6.payload_len);
+    } else {
         return TC_ACT_UNSPEC;
-    u32 payload = ntohs(ip.tot_len) - ip.ihl * 4 - tcp.doff * 4;
+    }
+    if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0 || tcp.source != htons(SPORT))
+        return TC_ACT_UNSPEC;
+    u32 payload = ip_payload - tcp.doff * 4;
     if (payload == 0)
         return TC_ACT_UNSPEC;
     int k0 = 0, k1 = 1, k2 = 2;
