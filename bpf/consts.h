@@ -123,6 +123,7 @@
 #define CONN_SOCK_ACK 64        /* back from userspace on a segment whose ACK the socket has not seen */
 #define CONN_UNACKED 128        /* a multi-segment answer the client has not wholly acknowledged (and
                                  * whose request the kernel has not acknowledged yet) */
+#define CONN_SOCK_UP 256        /* the server socket was seen established (bpf/sock.h) */
 
 /* Response variants: how aiohttp answers each form of request, reproduced byte for byte. The
  * stored bytes are the first; the others differ in the status line's version digit and/or one

@@ -25,6 +25,7 @@ enum pass_reason {
     PASS_NO_CONN,           /* no conn_state entry (connection predates the program, or table full) */
     PASS_STALE,             /* userspace heartbeat is stale */
     PASS_CACHE_RACE,        /* entry changed between lookups */
+    PASS_HANDSHAKE,         /* the server socket is not established yet (accept queue full, SYN cookies) */
     NR_PASS_REASONS,
 };
 

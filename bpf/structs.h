@@ -176,6 +176,7 @@ struct answer_ctx {
     __u32 tsval;
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
+    struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
 };
 
 /* fs_egress's segment and key (off its stack, which would overflow). */

@@ -2,6 +2,7 @@
 #include "parse.h"
 #include "csum.h"
 #include "tcp_xlate.h"
+#include "sock.h"
 
 #define ANSWERED (-3)     /* the skb now holds the response */
 #define SEND_MULTI (-10)  /* a multi-segment answer is recorded: fs_seg<cls> sends its segments */
@@ -860,6 +861,11 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     struct answer_ctx *ctx = answer_scratch.lookup(&zero);
     if (!rb || !ctx)
         return PASS_TOO_LONG;
+    if (!(cs->flags & CONN_SOCK_UP)) {              /* once per connection: it stays up until it closes */
+        if (!server_socket_up(skb, p, &ctx->tuple))
+            return PASS_HANDSHAKE;
+        cs->flags |= CONN_SOCK_UP;
+    }
     __u32 plen = p->payload_len;
     if (plen > MAX_REQ)
         return PASS_TOO_LONG;

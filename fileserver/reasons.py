@@ -31,6 +31,7 @@ class PassReason(enum.IntEnum):
     NO_CONN = enum.auto()
     STALE = enum.auto()
     CACHE_RACE = enum.auto()
+    HANDSHAKE = enum.auto()
 
     @property
     def label(self) -> str:
