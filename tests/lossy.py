@@ -1,4 +1,5 @@
-"""A test-only BPF program that drops chosen server->client segments on the client's interface."""
+"""A test-only BPF program that drops chosen TCP segments on an interface: by default the
+server->client data segments arriving at the client."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ DROPPER = r"""
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/pkt_cls.h>
 
-/* Data segments from SPORT are numbered from 1 as they pass. cfg[1]: a bitmap of numbers 1..64 to
+/* Segments with source port SPORT (or destination port DPORT) are numbered from 1 as they pass:
+ * data segments, or with PURE_ACKS the segments without data, SYN, FIN or RST. cfg[1]: a bitmap of numbers 1..64 to
  * drop; cfg[0]: drop every cfg[0]-th as well (0: none); cfg[2]: drop a seeded pseudo-random share
  * as well, cfg[2]/65536 of them (an LCG from cfg[3], so a run repeats exactly).
  * stats[0]: data segments seen, stats[1]: dropped, stats[2]: the LCG's state. */
@@ -44,10 +46,10 @@ int drop_chosen(struct __sk_buff *skb)
     } else {
         return TC_ACT_UNSPEC;
     }
-    if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0 || tcp.source != htons(SPORT))
+    if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0 || (tcp.source != htons(SPORT) && tcp.dest != htons(DPORT)))
         return TC_ACT_UNSPEC;
     u32 payload = ip_payload - tcp.doff * 4;
-    if (payload == 0)
+    if (PURE_ACKS ? (payload || tcp.syn || tcp.fin || tcp.rst) : payload == 0)
         return TC_ACT_UNSPEC;
     int k0 = 0, k1 = 1, k2 = 2;
     u64 *seen = stats.lookup(&k0), *dropped = stats.lookup(&k1), *lcg = stats.lookup(&k2);
@@ -66,12 +68,17 @@ int drop_chosen(struct __sk_buff *skb)
 
 
 class Dropper:
-    def __init__(self, ns: NetNS, ifname: str, sport: int, drop: set[int] = frozenset(), every: int = 0,
-                 share: float = 0.0, seed: int = 1) -> None:
+    """Drop segments from port `sport` arriving on `ifname` (or, with egress, segments to port
+    `dport` leaving it); `drop` numbers them from 1, `every` and `share` add more."""
+
+    def __init__(self, ns: NetNS, ifname: str, sport: int = 0, drop: set[int] = frozenset(), every: int = 0,
+                 share: float = 0.0, seed: int = 1, *, dport: int = 0, egress: bool = False,
+                 pure_acks: bool = False) -> None:
         from bcc import BPF  # type: ignore[import-not-found]
         from pyroute2 import IPRoute
 
-        self.bpf = BPF(text=DROPPER.replace("SPORT", str(sport)).encode())
+        text = DROPPER.replace("SPORT", str(sport)).replace("DPORT", str(dport)).replace("PURE_ACKS", str(int(pure_acks)))
+        self.bpf = BPF(text=text.encode())
         fn = self.bpf.load_func(b"drop_chosen", BPF.SCHED_CLS)
         cfg = self.bpf[b"cfg"]
         cfg[ct.c_int(0)] = ct.c_uint64(every)
@@ -80,13 +87,18 @@ class Dropper:
         self.bpf[b"stats"][ct.c_int(2)] = ct.c_uint64(seed)
         self.ns = ns
         with ns.entered(), IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=ifname)[0]
-            ipr.tc("add", "clsact", idx)
-            ipr.tc("add-filter", "bpf", idx, fd=fn.fd, name="test-dropper", parent="ffff:fff2", direct_action=True)
+            idx = self.ifindex = ipr.link_lookup(ifname=ifname)[0]
+            ipr.tc("add", "clsact", idx)  # its own: close() removes it, filter and all
+            ipr.tc("add-filter", "bpf", idx, fd=fn.fd, name="test-dropper", parent="ffff:fff3" if egress else "ffff:fff2",
+                   direct_action=True)
 
     def stats(self) -> tuple[int, int]:
         st = self.bpf[b"stats"]
         return int(st[ct.c_int(0)].value), int(st[ct.c_int(1)].value)
 
     def close(self) -> None:
+        from pyroute2 import IPRoute
+
+        with self.ns.entered(), IPRoute() as ipr:
+            ipr.tc("del", "clsact", self.ifindex)
         self.bpf.cleanup()
