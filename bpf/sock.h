@@ -2,30 +2,34 @@
 #pragma once
 #include "structs.h"
 
-/* Whether the connection's server socket exists and is established. The kernel answers only then:
- * when the accept queue is full, the listener drops the handshake's last ACK (and with SYN cookies
- * it keeps no state at all), yet the client believes the connection is up and sends its request.
- * Answered here, that request would be acknowledged, the client would never send it again, and
- * the socket, never created, could never close: the client would wait for ever. Passed on, the
- * request's ACK completes the handshake, or is dropped and retransmitted like any segment.
- * bpf_sk_lookup_tcp gives a full socket: for a handshake in progress, the listener. */
-static __always_inline int server_socket_up(struct __sk_buff *skb, struct pkt *p, struct bpf_sock_tuple *t)
+/* The server socket of the connection p arrived on (p is client -> server), as a full socket: for
+ * a handshake in progress, the listener. Non-NULL results must be given to bpf_sk_release. */
+static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *skb, struct pkt *p,
+                                                            struct bpf_sock_tuple *t)
 {
-    __u32 size;
     if (p->v6) {
         __builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
         __builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
         t->ipv6.sport = p->tcp.source;
         t->ipv6.dport = p->tcp.dest;
-        size = sizeof(t->ipv6);
-    } else {
-        t->ipv4.saddr = p->saddr[3];                /* IPv4-mapped: the address is the last word */
-        t->ipv4.daddr = p->daddr[3];
-        t->ipv4.sport = p->tcp.source;
-        t->ipv4.dport = p->tcp.dest;
-        size = sizeof(t->ipv4);
+        return bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
     }
-    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, t, size, BPF_F_CURRENT_NETNS, 0);
+    t->ipv4.saddr = p->saddr[3];                    /* IPv4-mapped: the address is the last word */
+    t->ipv4.daddr = p->daddr[3];
+    t->ipv4.sport = p->tcp.source;
+    t->ipv4.dport = p->tcp.dest;
+    return bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* Whether the connection's server socket exists and is established. The kernel answers only then:
+ * when the accept queue is full, the listener drops the handshake's last ACK (and with SYN cookies
+ * it keeps no state at all), yet the client believes the connection is up and sends its request.
+ * Answered here, that request would be acknowledged, the client would never send it again, and
+ * the socket, never created, could never close: the client would wait for ever. Passed on, the
+ * request's ACK completes the handshake, or is dropped and retransmitted like any segment. */
+static __always_inline int server_socket_up(struct __sk_buff *skb, struct pkt *p, struct bpf_sock_tuple *t)
+{
+    struct bpf_sock *sk = lookup_server_socket(skb, p, t);
     if (!sk)
         return 0;
     int up = sk->state == BPF_TCP_ESTABLISHED;

@@ -768,20 +768,7 @@ static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, 
     if (ack != cs->srv_isn1 + (__u32)idle->written)
         return 0;
     struct bpf_sock_tuple t = {};
-    struct bpf_sock *sk;
-    if (p->v6) {
-        __builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
-        __builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
-        t.ipv6.sport = p->tcp.source;
-        t.ipv6.dport = p->tcp.dest;
-        sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-    } else {
-        t.ipv4.saddr = p->saddr[3];
-        t.ipv4.daddr = p->daddr[3];
-        t.ipv4.sport = p->tcp.source;
-        t.ipv4.dport = p->tcp.dest;
-        sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-    }
+    struct bpf_sock *sk = lookup_server_socket(skb, p, &t);
     if (!sk)
         return 0;
     int back = 0;
