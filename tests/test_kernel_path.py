@@ -416,6 +416,17 @@ def test_file_changes_reach_the_kernel_within_a_second(netns: NetNS, site: Path,
     assert srv.kernel_hits() == k
 
 
+def closing_fetches(ns: NetNS, host: str, n: int) -> None:
+    """n requests for large.bin with Connection: close, each on its own connection: the whole
+    answer, byte-exact, then the server's close."""
+    for i in range(n):
+        c = RawClient(ns, host=host, timeout=20)
+        c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert body_of(c.read_response()) == SITE_FILES["large.bin"], i
+        assert c.sock.recv(1) == b"", i
+        c.close()
+
+
 @contextlib.contextmanager
 def lossy_veth(veth, site: Path, *args: str, drop: set[int] = frozenset(), **loss: object) -> Iterator[tuple[Server, object]]:  # type: ignore[no-untyped-def]
     """A server (with args) on the veth pair's server side and the test-only dropper on the client side."""
@@ -543,12 +554,7 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]], (i, path)
         c.close()
         assert_no_tcp_trouble(veth.client)
-        for i in range(10):
-            c = RawClient(veth.client, host="10.77.0.1", timeout=20)
-            c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert body_of(c.read_response()) == SITE_FILES["large.bin"], i
-            assert c.sock.recv(1) == b"", i
-            c.close()
+        closing_fetches(veth.client, "10.77.0.1", 10)
         elapsed = time.monotonic() - start
         seen, dropped = dropper.stats()
         m = srv.metrics()
@@ -854,12 +860,7 @@ def test_ipv6_answers_survive_loss(veth, site: Path) -> None:  # type: ignore[no
             for path in ("/large.bin", "/hot.txt"):
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]], (i, path)
         c.close()
-        for i in range(5):
-            c = RawClient(veth.client, host="fd77::1", timeout=20)
-            c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert body_of(c.read_response()) == SITE_FILES["large.bin"], i
-            assert c.sock.recv(1) == b"", i
-            c.close()
+        closing_fetches(veth.client, "fd77::1", 5)
         m = srv.metrics()
         assert m["fileserver_requests_total{path=kernel}"] == 45 and m["fileserver_requests_total{path=user}"] == 0
         assert dropper.stats()[1] >= 20 and m["fileserver_kernel_segments_total{kind=resent}"] >= 1
