@@ -22,25 +22,39 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fileserver.http_semantics import Variant, as_variant
-from fileserver.reasons import KernelError, PassReason
+from fileserver.abi import (
+    BODY_MAPS,
+    CLOSE_ABORT,
+    CLOSE_NOW,
+    COUNTER_FIELDS,
+    DATE_SLOT_LEN,
+    DATE_SLOT_OFFSET,
+    ENTRY_PROGRAMS,
+    ETH_HLEN_,
+    IF_COUNTER_FIELDS,
+    MAX_FRAME,
+    NM_DATE_SLOT_OFFSET,
+    NM_REGION,
+    NR_VARIANTS,
+    PARSE_PROGRAMS,
+    PROG_PARSE0,
+    PROG_SEG0,
+    PROG_SEND0,
+    SEG_PROGRAMS,
+    SEND_PROGRAMS,
+    SHARED_MAPS,
+    CloseEventC,
+    KernelError,
+    Kind,
+    PassReason,
+    Variant,
+)
+from fileserver.http_semantics import as_variant
 
 log = logging.getLogger("fileserver.datapath")
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 MAIN_SOURCE = BPF_DIR / "main.c"
-# From bpf/consts.h: where the Date slot sits in every 200 and 304 response and how long it is,
-# and the room for the 304 answer before the 200 answer in an entry's data.
-DATE_SLOT_OFFSET = 22
-NM_DATE_SLOT_OFFSET = 32
-DATE_SLOT_LEN = 32
-NM_REGION = 256
-MAX_FRAME = 16064
-BODY_HEADER = 48  # struct body_hdr before the data (bpf/structs.h)
-BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k", "body_32k")
-PARSE_STAGES = 2
-PROG_SEND0 = PARSE_STAGES
-PROG_SEG0 = PROG_SEND0 + len(BODY_MAPS)
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
@@ -161,9 +175,6 @@ class Counters:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-# The maps bpf/maps.h declares (all but the per-build tail-call array `progs`).
-SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
-               "scratch", "answer_scratch", "egress_scratch", "close_events", "user_idle")
 MAPS_SOURCE = BPF_DIR / "maps.c"
 # bcc's exported tables live in one process-wide registry keyed by name, and exporting a name again
 # keeps the first (closed) entry: every map set after the first in a process gets its own names.
@@ -238,9 +249,7 @@ class Datapath:
             self._close_after_failure(borrowed)
             raise
         self.programs: dict[str, object] = {}
-        names = ["fs_ingress", "fs_egress"] + [f"fs_parse{i}" for i in range(PARSE_STAGES)]
-        names += [f"fs_send{i}" for i in range(len(BODY_MAPS))] + [f"fs_seg{i}" for i in range(len(BODY_MAPS))]
-        for name in names:
+        for name in (*ENTRY_PROGRAMS, *PARSE_PROGRAMS, *SEND_PROGRAMS, *SEG_PROGRAMS):
             with _captured_stderr() as out:
                 try:
                     self.programs[name] = self.bpf.load_func(name.encode(), BPF.SCHED_CLS)  # type: ignore[attr-defined]
@@ -256,14 +265,13 @@ class Datapath:
                     raise DatapathError("not allowed to load BPF programs: run as root (or with CAP_BPF and CAP_NET_ADMIN)")
                 raise DatapathError(f"the kernel rejected BPF program {name}: {_summarise(detail)} (run with -v for the verifier log)")
         progs = self.bpf[b"progs"]  # type: ignore[index]
-        for i in range(PARSE_STAGES):
-            progs[ct.c_int(i)] = ct.c_int(self.programs[f"fs_parse{i}"].fd)  # type: ignore[attr-defined]
-        for i in range(len(BODY_MAPS)):
-            progs[ct.c_int(PROG_SEND0 + i)] = ct.c_int(self.programs[f"fs_send{i}"].fd)  # type: ignore[attr-defined]
-            progs[ct.c_int(PROG_SEG0 + i)] = ct.c_int(self.programs[f"fs_seg{i}"].fd)  # type: ignore[attr-defined]
+        for first, names in ((PROG_PARSE0, PARSE_PROGRAMS), (PROG_SEND0, SEND_PROGRAMS), (PROG_SEG0, SEG_PROGRAMS)):
+            for i, name in enumerate(names):
+                progs[ct.c_int(first + i)] = ct.c_int(self.programs[name].fd)  # type: ignore[attr-defined]
         self.file_cache = self._map("file_cache")
         self.bodies = [self._map(name) for name in BODY_MAPS]
-        self.class_sizes = [ct.sizeof(m.Leaf) - BODY_HEADER - NM_REGION for m in self.bodies]
+        # Room for a 200 response in each class: struct body<n>'s data less the 304 region.
+        self.class_sizes = [m.Leaf.data.size - NM_REGION for m in self.bodies]
         self.conn_state = self._map("conn_state")
         self.conn_capacity = int(self.conn_state.max_entries)
         self.counters_map = self._map("counters")
@@ -305,7 +313,7 @@ class Datapath:
     # -- configuration and heartbeat --------------------------------------------------------------
 
     def set_max_frame(self, ifindex: int, mtu: int) -> None:
-        self.if_max_frame[ct.c_int(ifindex)] = ct.c_uint(min(mtu + 14, MAX_FRAME))
+        self.if_max_frame[ct.c_int(ifindex)] = ct.c_uint(min(mtu + ETH_HLEN_, MAX_FRAME))
 
     def refresh_clock(self, date: str) -> None:
         """Write the Date slot bytes and the heartbeat (one atomic hash-map update)."""
@@ -313,7 +321,7 @@ class Datapath:
         leaf.updated_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
         slot = b" " + date.encode() + b"\r\n"
         assert len(slot) == DATE_SLOT_LEN
-        ct.memmove(ct.addressof(leaf) + 8, slot, DATE_SLOT_LEN)
+        ct.memmove(leaf.date, slot, DATE_SLOT_LEN)
         self.clock[ct.c_uint(0)] = leaf
 
     # -- the cache --------------------------------------------------------------------------------
@@ -348,15 +356,16 @@ class Datapath:
         h.nm_csum = body_checksum(not_modified, NM_DATE_SLOT_OFFSET)
         h.etag_off = not_modified.index(b"ETag: " + etag + b"\r\n") + len(b"ETag: ")
         h.etag_len = len(etag)
-        # The other variants' sums, per kind (KIND_FULL, KIND_HEAD, KIND_NM in bpf/consts.h).
-        kinds = ((response, head_len, DATE_SLOT_OFFSET), (response[:head_len], head_len, DATE_SLOT_OFFSET),
-                 (not_modified, len(not_modified), NM_DATE_SLOT_OFFSET))
-        for kind, (data, hlen, slot) in enumerate(kinds):
-            for i, variant in enumerate(v for v in Variant if v != Variant.KEEP11):
-                h.vcsum[kind * (len(Variant) - 1) + i] = body_checksum(as_variant(data, hlen, variant), slot)
-        base = ct.addressof(leaf) + BODY_HEADER
-        ct.memmove(base, not_modified, len(not_modified))
-        ct.memmove(base + NM_REGION, response, len(response))
+        # The other variants' sums, per kind of answer.
+        kinds = {Kind.FULL: (response, head_len, DATE_SLOT_OFFSET), Kind.HEAD: (response[:head_len], head_len, DATE_SLOT_OFFSET),
+                 Kind.NM: (not_modified, len(not_modified), NM_DATE_SLOT_OFFSET)}
+        for kind, (data, hlen, slot) in kinds.items():
+            for variant in Variant:
+                if variant != Variant.KEEP11:
+                    h.vcsum[kind * (NR_VARIANTS - 1) + variant - 1] = body_checksum(as_variant(data, hlen, variant), slot)
+        data = ct.addressof(leaf.data)
+        ct.memmove(data, not_modified, len(not_modified))
+        ct.memmove(data + NM_REGION, response, len(response))
         table[ct.c_uint(body_id)] = leaf
 
     def delete_body(self, cls: int, body_id: int) -> None:
@@ -386,7 +395,7 @@ class Datapath:
         if ifindex >= self.if_stats_size:
             return {}
         per_cpu = self.if_stats[ct.c_int(ifindex)]
-        return {f: sum(getattr(c, f) for c in per_cpu) for f in ("in_packets", "in_bytes", "out_packets", "out_bytes")}
+        return {f: sum(getattr(c, f) for c in per_cpu) for f in IF_COUNTER_FIELDS}
 
     # -- counters and connections -----------------------------------------------------------------
 
@@ -400,31 +409,16 @@ class Datapath:
         # The C field is named `pass`, a Python keyword: reach it with getattr.
         passes = {r.label: sum(getattr(c, "pass")[r] for c in per_cpu) & mask for r in PassReason}
         errors = {e.label: sum(c.errors[e] for c in per_cpu) & mask for e in KernelError}
-        return Counters(
-            hits=total("hits"),
-            hit_bytes=total("hit_bytes"),
-            retransmits=total("retransmits"),
-            xlate_in=total("xlate_in"),
-            xlate_out=total("xlate_out"),
-            csum_partial=total("csum_partial"),
-            csum_full=total("csum_full"),
-            sack_blanked=total("sack_blanked"),
-            returns=total("returns"),
-            segments=total("segments"),
-            resent=total("resent"),
-            acks=total("acks"),
-            held=total("held"),
-            passes=passes,
-            errors=errors,
-        )
+        return Counters(**{f: total(f) for f in COUNTER_FIELDS}, passes=passes, errors=errors)
 
     def on_close_events(self, callback: Callable[[CloseEvent], None]) -> None:
         """Deliver close_events records to callback from poll_close_events (one reader thread)."""
 
         def raw(_ctx: object, data: int, _size: int) -> None:
-            ev = ct.cast(data, ct.POINTER(_CloseEventC)).contents
-            callback(CloseEvent(address_text(bytes(ev.client_ip)), socket.ntohs(ev.client_port),
-                                address_text(bytes(ev.server_ip)), socket.ntohs(ev.server_port), ev.kind == CLOSE_NOW,
+            ev = ct.cast(data, ct.POINTER(CloseEventC)).contents
+            key = ev.key
+            callback(CloseEvent(address_text(bytes(key.client_ip)), socket.ntohs(key.client_port),
+                                address_text(bytes(key.server_ip)), socket.ntohs(key.server_port), ev.kind == CLOSE_NOW,
                                 ev.kind == CLOSE_ABORT))
 
         self._map("close_events").open_ring_buffer(raw)
@@ -470,10 +464,6 @@ class Datapath:
         return len(dead)
 
 
-CLOSE_NOW = 2  # bpf/consts.h: the client acknowledged the closing answer (CLOSE_WANTED = 1: answered)
-CLOSE_ABORT = 3  # a kernel answer cannot be completed: reset the connection
-
-
 @dataclass(frozen=True)
 class CloseEvent:
     """The kernel answered a request that ends its connection (Connection: close, HTTP/1.0):
@@ -486,11 +476,6 @@ class CloseEvent:
     server_port: int
     acked: bool
     abort: bool = False
-
-
-class _CloseEventC(ct.Structure):
-    _fields_ = [("client_ip", ct.c_uint8 * 16), ("server_ip", ct.c_uint8 * 16), ("client_port", ct.c_uint16),
-                ("server_port", ct.c_uint16), ("kind", ct.c_uint32)]
 
 
 def address_bytes(text: str) -> bytes:

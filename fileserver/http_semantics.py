@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 
 from fileserver import SERVER_NAME
+from fileserver.abi import VERSION_DIGIT_OFFSET, Variant
 
 # IMF-fixdate is always 29 characters ("Sun, 06 Nov 1994 08:49:37 GMT", RFC 9110 section 5.6.7),
 # which lets the kernel patch the Date header in place at a fixed offset.
@@ -108,17 +109,6 @@ def not_modified_head(v: Validators, date: str) -> bytes:
     return head
 
 
-class Variant(enum.IntEnum):
-    """How aiohttp answers each form of request, from the stored HTTP/1.1 keep-alive bytes; the
-    kernel makes the same bytes (bpf/consts.h VAR_*): a version digit and/or one header line."""
-
-    KEEP11 = 0   # HTTP/1.1: as stored
-    CLOSE11 = 1  # HTTP/1.1 with Connection: close: "Connection: close" ends the head, then close
-    CLOSE10 = 2  # HTTP/1.0: "HTTP/1.0" in the status line, then close
-    KEEP10 = 3   # HTTP/1.0 with Connection: keep-alive: "HTTP/1.0" and "Connection: keep-alive"
-
-
-VERSION_DIGIT_OFFSET = len(b"HTTP/1.")
 _VARIANT_LINES = {Variant.CLOSE11: b"Connection: close\r\n", Variant.KEEP10: b"Connection: keep-alive\r\n"}
 
 

@@ -1,32 +1,9 @@
-"""Pure parts of the datapath module: source expansion, checksums, constants shared with C."""
+"""Pure parts of the datapath module: source expansion, checksums, addresses, the Date slots."""
 
-import re
 import struct
 
-from fileserver import datapath
-from fileserver.config import KERNEL_MAX_RESPONSE
+from fileserver import abi, datapath
 from fileserver.http_semantics import DATE_LEN, DATE_OFFSET
-from tests.support import REPO
-
-
-def c_define(name: str) -> str:
-    text = (REPO / "bpf" / "consts.h").read_text()
-    m = re.search(rf"#define {name} (\S+)", text)
-    assert m, name
-    return m.group(1)
-
-
-def test_constants_agree_with_c() -> None:
-    assert int(c_define("DATE_SLOT_OFFSET")) == datapath.DATE_SLOT_OFFSET == DATE_OFFSET - 1
-    assert int(c_define("DATE_SLOT_LEN")) == datapath.DATE_SLOT_LEN == DATE_LEN + 3
-    assert int(c_define("MAX_FRAME")) == datapath.MAX_FRAME
-    # the largest size class's room for a response (its element overhead, the 304 region)
-    largest = len(datapath.BODY_MAPS) - 1
-    assert re.search(rf"#define CLASS{largest}_DATA \((\d+) - CLASS_OVERHEAD\)", (REPO / "bpf" / "consts.h").read_text())
-    assert KERNEL_MAX_RESPONSE == 32768 - int(c_define("CLASS_OVERHEAD")) - datapath.NM_REGION
-    assert int(c_define("NR_CLASSES")) == len(datapath.BODY_MAPS)
-
-    assert int(c_define("PARSE_WINDOW")) * datapath.PARSE_STAGES == 1024
 
 
 def test_expand_source_inlines_each_header_once() -> None:
@@ -67,12 +44,12 @@ def test_date_slots_match_the_header_blocks() -> None:
     slot = b" " + date.encode() + b"\r\n"
     head = response_head("a.txt", v, date)
     nm = not_modified_head(v, date)
-    assert head[datapath.DATE_SLOT_OFFSET : datapath.DATE_SLOT_OFFSET + datapath.DATE_SLOT_LEN] == slot
-    assert nm[datapath.NM_DATE_SLOT_OFFSET : datapath.NM_DATE_SLOT_OFFSET + datapath.DATE_SLOT_LEN] == slot
-    assert NM_DATE_OFFSET == datapath.NM_DATE_SLOT_OFFSET + 1
-    assert int(c_define("NM_DATE_SLOT_OFFSET")) == datapath.NM_DATE_SLOT_OFFSET
-    assert int(c_define("NM_REGION")) == datapath.NM_REGION
-    assert datapath.DATE_SLOT_OFFSET % 2 == 0 and datapath.NM_DATE_SLOT_OFFSET % 2 == 0  # 16-bit aligned for the sums
+    assert head[abi.DATE_SLOT_OFFSET : abi.DATE_SLOT_OFFSET + abi.DATE_SLOT_LEN] == slot
+    assert nm[abi.NM_DATE_SLOT_OFFSET : abi.NM_DATE_SLOT_OFFSET + abi.DATE_SLOT_LEN] == slot
+    assert NM_DATE_OFFSET == abi.NM_DATE_SLOT_OFFSET + 1
+    assert abi.DATE_SLOT_OFFSET == DATE_OFFSET - 1 and abi.DATE_SLOT_LEN == DATE_LEN + 3
+    assert abi.DATE_SLOT_OFFSET % 2 == 0 and abi.NM_DATE_SLOT_OFFSET % 2 == 0  # 16-bit aligned for the sums
+    # (that these agree with bpf/ is tests/test_abi.py's business)
 
 
 def test_addresses_take_conn_keys_form() -> None:
