@@ -107,7 +107,8 @@ def main(ctx: click.Context, **opts: object) -> None:
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
-    from fileserver.server import StartupError, serve
+    from fileserver.listen import StartupError
+    from fileserver.server import serve
 
     args = sys.argv[1:]
     try:

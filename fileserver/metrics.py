@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from fileserver import __version__
 from fileserver.config import Config
 from fileserver.handlers import UserStats
+from fileserver.listen import start_site
 
 if TYPE_CHECKING:
     from fileserver.kernel import KernelPath
@@ -162,8 +163,6 @@ class Metrics:
 
 @asynccontextmanager
 async def start_metrics(config: Config, metrics: Metrics) -> AsyncIterator[None]:
-    from fileserver.server import _start_site
-
     async def handle(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -181,7 +180,7 @@ async def start_metrics(config: Config, metrics: Metrics) -> AsyncIterator[None]
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await _start_site(runner, config.metrics_bind, config.metrics_port, "metrics")
+        await start_site(runner, config.metrics_bind, config.metrics_port, "metrics")
         yield
     finally:
         await runner.cleanup()

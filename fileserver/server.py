@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import signal
 from collections.abc import Callable
@@ -17,34 +16,13 @@ from fileserver.config import Config, ConfigError
 from fileserver.handlers import StaticHandler, UserStats
 from fileserver.kernel import KernelPath, start_kernel_path
 from fileserver.kernel import limits as kernel_limits
-from fileserver.portinfo import who_listens
+from fileserver.listen import start_site
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache
 
 log = logging.getLogger("fileserver")
 
 ACCESS_LOG_FORMAT = '%a - - %t "%r" %s %b "%{Referer}i" "%{User-Agent}i"'
-
-
-class StartupError(RuntimeError):
-    """The server cannot start; the message says why and what to do."""
-
-
-async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            holder = who_listens(port)
-            raise StartupError(
-                f"{what} port {port} is already in use" + (f" by {holder}" if holder else "") + ": pick another port"
-            ) from None
-        if e.errno == errno.EACCES:
-            raise StartupError(f"not allowed to listen on {what} port {port}: use a port above 1023 or run as root") from None
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise StartupError(f"cannot bind to {host}: no such local address (check --bind)") from None
-        raise
 
 
 # What a SIGHUP reload can change; everything else needs a restart (sockets, table sizes, ...).
@@ -78,7 +56,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         try:
             # Listen first: a port in use must fail before any TC filter is touched.
             for address in config.bind_addresses:
-                await _start_site(runner, address, config.port, "HTTP")
+                await start_site(runner, address, config.port, "HTTP")
             kernel = await stack.enter_async_context(start_kernel_path(config, resolver, memcache))
         except BaseException:
             await runner.cleanup()

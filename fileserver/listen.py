@@ -1,0 +1,31 @@
+"""Listening on a port for an aiohttp runner, with one clear message when that is not possible."""
+
+from __future__ import annotations
+
+import errno
+
+from aiohttp import web
+
+from fileserver.portinfo import who_listens
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says why and what to do."""
+
+
+async def start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
+    """Listen on host:port for runner; `what` names the port in the error ("HTTP", "metrics")."""
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            holder = who_listens(port)
+            raise StartupError(
+                f"{what} port {port} is already in use" + (f" by {holder}" if holder else "") + ": pick another port"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise StartupError(f"not allowed to listen on {what} port {port}: use a port above 1023 or run as root") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"cannot bind to {host}: no such local address (check --bind)") from None
+        raise
