@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 from fileserver.abi import CLASS_DATA, NM_REGION
@@ -16,6 +16,20 @@ KERNEL_MAX_RESPONSE = CLASS_DATA[-1] - NM_REGION
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class ParserLimits:
+    """Userspace's parser limits, which the BPF parser is compiled with (it must never accept more):
+    the longest request line, the longest header line and the most header lines."""
+
+    url_length: int = 8190
+    header_size: int = 8190
+    headers: int = 128
+
+    def any_below(self, other: "ParserLimits") -> bool:
+        """Whether any of these limits is lower than other's (a reload that shrinks one)."""
+        return any(mine < theirs for mine, theirs in zip(astuple(self), astuple(other)))
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,10 @@ class Config:
     drop_all_capabilities: bool = False
     shutdown_timeout: float = 10.0
     verbose: bool = False
+
+    @property
+    def parser_limits(self) -> ParserLimits:
+        return ParserLimits(self.max_url_length, self.max_header_size, self.max_headers)
 
     @property
     def bind_addresses(self) -> tuple[str, ...]:

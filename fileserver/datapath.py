@@ -49,6 +49,7 @@ from fileserver.abi import (
     PassReason,
     Variant,
 )
+from fileserver.config import ParserLimits
 from fileserver.http_semantics import as_variant
 
 log = logging.getLogger("fileserver.datapath")
@@ -213,9 +214,8 @@ class Datapath:
     """
 
     def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE,
-                 connections: int = 65536, limits: tuple[int, int, int] = (8190, 8190, 128),
+                 connections: int = 65536, limits: ParserLimits = ParserLimits(),
                  maps: object | None = None, map_suffix: str | None = None) -> None:
-        """limits: userspace's (max request line, max header line, max header count)."""
         try:
             from bcc import BPF  # type: ignore[import-not-found]
         except ImportError as e:
@@ -226,9 +226,9 @@ class Datapath:
             f"-DSERVER_PORT={port}",
             f"-DCACHE_ENTRIES={cache_entries}",
             f"-DCONN_ENTRIES={connections}",
-            f"-DLIMIT_URL_LENGTH={limits[0]}",
-            f"-DLIMIT_HEADER_SIZE={limits[1]}",
-            f"-DLIMIT_HEADERS={limits[2]}",
+            f"-DLIMIT_URL_LENGTH={limits.url_length}",
+            f"-DLIMIT_HEADER_SIZE={limits.header_size}",
+            f"-DLIMIT_HEADERS={limits.headers}",
             "-Wno-unused-value",
             "-Wno-pointer-sign",
             "-Wno-compare-distinct-pointer-types",
@@ -284,7 +284,7 @@ class Datapath:
     def _map(self, name: str):  # type: ignore[no-untyped-def]
         return self.maps[(name + self.map_suffix).encode()]  # type: ignore[index]
 
-    def rebuilt(self, limits: tuple[int, int, int]) -> "Datapath":
+    def rebuilt(self, limits: ParserLimits) -> "Datapath":
         """A new build of the programs (with these limits) over the same maps. The maps pass to it:
         close this one once no filter points at its programs any more."""
         new = Datapath(self.port, self.cache_entries, self.verbose, self.source, self.connections, limits,

@@ -89,11 +89,6 @@ class KernelPath:
         pass
 
 
-def limits(config: Config) -> tuple[int, int, int]:
-    """The userspace parser limits the BPF parser is compiled with (it must never accept more)."""
-    return (config.max_url_length, config.max_header_size, config.max_headers)
-
-
 class ActiveKernelPath(KernelPath):
     def __init__(self, config: Config, resolver: Resolver, memcache: MemoryCache) -> None:
         super().__init__(None)
@@ -103,7 +98,7 @@ class ActiveKernelPath(KernelPath):
         self.config = config
         self.dates = DateCache()
         self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose,
-                           connections=config.kernel_connections, limits=limits(config))
+                           connections=config.kernel_connections, limits=config.parser_limits)
         self.attachments: list[tc.Attachment] = []
         self._mtus: dict[int, int] = {}
         self._stop = threading.Event()
@@ -248,7 +243,7 @@ class ActiveKernelPath(KernelPath):
         from fileserver import tc
 
         old = self.config
-        swap = limits(config) != limits(old)
+        swap = config.parser_limits != old.parser_limits
         added = [i for i in config.interfaces if i not in old.interfaces]
         removed = [a for a in self.attachments if a.ifname not in config.interfaces]
         if (swap or added or removed) and not permitted(KERNEL_PATH_CAPS):
@@ -261,7 +256,7 @@ class ActiveKernelPath(KernelPath):
         if swap:
             t0 = time.monotonic()
             with raised(KERNEL_PATH_CAPS):  # compiling takes seconds: outside the lock, the heartbeat goes on
-                built = self.dp.rebuilt(limits(config))
+                built = self.dp.rebuilt(config.parser_limits)
             log.info("reload: BPF programs rebuilt in %.1f s", time.monotonic() - t0)
         with self._lock:
             if built or added or removed:

@@ -15,7 +15,6 @@ from fileserver.app import HttpServer
 from fileserver.config import Config, ConfigError
 from fileserver.handlers import StaticHandler, UserStats
 from fileserver.kernel import KernelPath, start_kernel_path
-from fileserver.kernel import limits as kernel_limits
 from fileserver.listen import start_site
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache
@@ -132,7 +131,7 @@ class _Reloader:
                 # The kernel must never accept what userspace refuses: when a limit shrinks the
                 # kernel changes first, otherwise userspace does (connections already open keep
                 # the limits they were accepted with, as aiohttp builds their parser then).
-                kernel_first = _a_limit_shrinks(self.config, new)
+                kernel_first = new.parser_limits.any_below(self.config.parser_limits)
                 if kernel_first:
                     new = await loop.run_in_executor(None, self.kernel.reconfigure, new, resolver)
                 self.http.reconfigure(new)
@@ -145,11 +144,6 @@ class _Reloader:
                 return
             self.config = new
             log.info("reloaded: %s", ", ".join(changed))
-
-
-def _a_limit_shrinks(old: Config, new: Config) -> bool:
-    pairs = zip(kernel_limits(new), kernel_limits(old))
-    return any(n < o for n, o in pairs)
 
 
 async def _linger_after(runner: web.BaseRunner) -> None:

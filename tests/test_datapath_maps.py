@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fileserver.config import ParserLimits
 from fileserver.datapath import Datapath
 from tests.support import require_root
 
@@ -11,7 +12,7 @@ def test_rebuild_shares_maps_and_map_sets_stay_apart() -> None:
     first = Datapath(8080, 16)
     try:
         first.set_ref("/a", 1, 0)
-        rebuilt = first.rebuilt((100, 100, 10))
+        rebuilt = first.rebuilt(ParserLimits(100, 100, 10))
         first.close()  # the old build goes; the maps stay with the new one
         assert set(rebuilt.entry_hits()) == {"/a"}
         other = Datapath(8081, 16)  # a second set in this process: its own maps (and names)
