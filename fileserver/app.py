@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from fileserver.config import Config
-from fileserver.datapath import CloseEvent, canonical_address
+from fileserver.conns import CloseEvent, canonical_address
 from fileserver.handlers import StaticHandler, UserStats
 
 # A closing answer the client never acknowledged (its ACK lost): close after this long anyway.

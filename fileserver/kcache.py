@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fileserver.config import Config
-from fileserver.datapath import Datapath
+from fileserver.maps import Maps
 from fileserver.http_semantics import Validators, not_modified_head, response_head
 from fileserver.resolve import INDEX_FILE, Outcome, Resolver, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
@@ -57,9 +57,9 @@ class CacheStats:
 
 class KernelCache:
     def __init__(
-        self, dp: Datapath, resolver: Resolver, memcache: MemoryCache, config: Config, date: Callable[[], str]
+        self, maps: Maps, resolver: Resolver, memcache: MemoryCache, config: Config, date: Callable[[], str]
     ) -> None:
-        self.dp = dp
+        self.maps = maps
         self.resolver = resolver
         self.memcache = memcache
         self.config = config
@@ -152,7 +152,7 @@ class KernelCache:
     def _push(self, url_path: str, snap: Snapshot, cause: str) -> bool:
         head = response_head(snap.path.name, snap.validators, self.date())
         response = head + snap.body
-        cls = self.dp.size_class(len(response))
+        cls = self.maps.size_class(len(response))
         if cls is None:
             return False
         with self._lock:
@@ -163,11 +163,11 @@ class KernelCache:
             self._next_id = (self._next_id % 0xFFFFFFFF) + 1
             try:
                 self._put_body(cls, body_id, response, len(head), snap)
-                self.dp.set_ref(url_path, body_id, cls)
+                self.maps.set_ref(url_path, body_id, cls)
             except Exception as e:  # bcc raises plain Exception for a full map
                 # A full map or an oversized key: the request is simply served by userspace.
                 log.debug("could not push %s to the kernel cache: %s", url_path, e)
-                self.dp.delete_body(cls, body_id)
+                self.maps.delete_body(cls, body_id)
                 return False
             if old is not None:
                 self._retire(old.cls, old.body_id)
@@ -189,7 +189,7 @@ class KernelCache:
             entry = self.entries.pop(url_path, None)
             if entry is None:
                 return
-            self.dp.delete_ref(url_path)
+            self.maps.delete_ref(url_path)
             self._retire(entry.cls, entry.body_id)
             self.stats.bytes -= entry.size
             self.stats.entries = len(self.entries)
@@ -202,22 +202,22 @@ class KernelCache:
     def _put_body(self, cls: int, body_id: int, response: bytes, head_len: int, snap: Snapshot) -> None:
         args = (response, head_len, not_modified_head(snap.validators, self.date()), snap.validators.etag.encode())
         try:
-            self.dp.put_body(cls, body_id, *args)
+            self.maps.put_body(cls, body_id, *args)
         except Exception:
             # The class's map may be full of retired bodies: give up the oldest one's grace.
             oldest = next((r for r in self._retired if r[1] == cls), None)
             if oldest is None:
                 raise
             self._retired.remove(oldest)
-            self.dp.delete_body(cls, oldest[2])
-            self.dp.put_body(cls, body_id, *args)
+            self.maps.delete_body(cls, oldest[2])
+            self.maps.put_body(cls, body_id, *args)
 
     def _retire(self, cls: int, body_id: int) -> None:
         """No reference points at this body any more; delete it after the grace period."""
         self._retired.append((time.monotonic() + RESEND_GRACE_S, cls, body_id))
         while len(self._retired) > MAX_RETIRED:
             _, c, b = self._retired.pop(0)
-            self.dp.delete_body(c, b)
+            self.maps.delete_body(c, b)
 
     def reap(self, now: float | None = None) -> int:
         """Delete the retired bodies whose grace period is over; how many."""
@@ -226,11 +226,11 @@ class KernelCache:
             due = [r for r in self._retired if r[0] <= now]
             self._retired = [r for r in self._retired if r[0] > now]
             for _, cls, body_id in due:
-                self.dp.delete_body(cls, body_id)
+                self.maps.delete_body(cls, body_id)
         return len(due)
 
     def _evict_one(self) -> None:
-        kernel_hits = self.dp.entry_hits()
+        kernel_hits = self.maps.entry_hits()
         victim = min(
             self.entries.values(),
             key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, (0, 0))[1]),

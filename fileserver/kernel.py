@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fileserver.config import Config
-from fileserver.datapath import CloseEvent, Counters, Datapath
+from fileserver.conns import CloseEvent
+from fileserver.datapath import Datapath
+from fileserver.maps import Counters
 from fileserver.handlers import DateCache
 from fileserver.privileges import (
     CAP_BPF,
@@ -93,22 +95,23 @@ class ActiveKernelPath(KernelPath):
     def __init__(self, config: Config, resolver: Resolver, memcache: MemoryCache) -> None:
         super().__init__(None)
         from fileserver import tc
-        from fileserver.datapath import Datapath
         from fileserver.kcache import KernelCache
         self.config = config
         self.dates = DateCache()
         self.dp = Datapath(config.port, config.kernel_cache_entries, verbose=config.verbose,
                            connections=config.kernel_connections, limits=config.parser_limits)
+        # The map set and its connection tables outlive every rebuild of the programs.
+        self.maps, self.conns = self.dp.maps, self.dp.conns
         self.attachments: list[tc.Attachment] = []
         self._mtus: dict[int, int] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the maintenance thread against a reload
         try:
-            self.dp.refresh_clock(self.dates.now())
+            self.maps.refresh_clock(self.dates.now())
             self._refresh_mtus()
             for ifname in config.interfaces:
                 self._attach(ifname)
-            self.cache = KernelCache(self.dp, resolver, memcache, config, self.dates.now)
+            self.cache = KernelCache(self.maps, resolver, memcache, config, self.dates.now)
             self.cache.fill()
             self.root = str(resolver.root)
         except BaseException:
@@ -124,19 +127,19 @@ class ActiveKernelPath(KernelPath):
 
     def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
         loop = asyncio.get_running_loop()
-        self.dp.on_close_events(lambda ev: loop.call_soon_threadsafe(handler, ev))
+        self.conns.on_close_events(lambda ev: loop.call_soon_threadsafe(handler, ev))
         self._closer = threading.Thread(target=self._read_close_events, name="fileserver-close", daemon=True)
         self._closer.start()
 
     def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
         try:
-            self.dp.mark_user_idle(*addresses, consumed, written)
+            self.conns.mark_user_idle(*addresses, consumed, written)
         except (OSError, ValueError):  # not an IP address (a Unix socket), or the map refused: it stays in userspace
             pass
 
     def seconds_since_segment(self, addresses: tuple[str, int, str, int]) -> float | None:
         try:
-            seen = self.dp.kernel_last_seen_ns(*addresses)
+            seen = self.conns.kernel_last_seen_ns(*addresses)
         except (OSError, ValueError):  # not an IP address
             return None
         return None if seen is None else (time.monotonic_ns() - seen) / 1e9
@@ -145,7 +148,7 @@ class ActiveKernelPath(KernelPath):
         """The kernel's close_events ring buffer wakes this thread; the handler runs in the loop."""
         while not self._stop.is_set():
             try:
-                self.dp.poll_close_events(200)
+                self.conns.poll_close_events(200)
             except Exception:
                 log.exception("reading close events failed")
                 self._stop.wait(1.0)
@@ -180,7 +183,7 @@ class ActiveKernelPath(KernelPath):
                     raise tc.TcError(f"no interface named {ifname!r} (see `ip link`)")
                 mtu = ipr.get_links(found[0])[0].get_attr("IFLA_MTU")
                 if self._mtus.get(found[0]) != mtu:
-                    self.dp.set_max_frame(found[0], mtu)
+                    self.maps.set_max_frame(found[0], mtu)
                     if found[0] in self._mtus:
                         log.info("MTU of %s is now %d", ifname, mtu)
                     self._mtus[found[0]] = mtu
@@ -190,14 +193,14 @@ class ActiveKernelPath(KernelPath):
         last_gc = time.monotonic()
         while not self._stop.is_set():
             try:
-                self.dp.refresh_clock(self.dates.now())  # the heartbeat first, even during a reload
+                self.maps.refresh_clock(self.dates.now())  # the heartbeat first, even during a reload
                 with self._lock:
                     self._refresh_mtus()
                     self.cache.sweep()
                     self.cache.reap()
                 if time.monotonic() - last_gc > GC_INTERVAL_S:
                     last_gc = time.monotonic()
-                    removed = self.dp.gc_connections(self.config.port)
+                    removed = self.conns.collect_garbage(self.config.port)
                     if removed:
                         log.debug("removed %d closed connections from conn_state", removed)
             except Exception:
@@ -294,7 +297,6 @@ class ActiveKernelPath(KernelPath):
         for att in self.attachments:
             tc.replace(att, fds)
         old, self.dp = self.dp, new
-        self.cache.dp = new
         old.close()
         log.info("reload: filters on %s now run the new programs", ", ".join(self.interfaces))
 
@@ -308,19 +310,19 @@ class ActiveKernelPath(KernelPath):
             log.exception("kernel cache update for %s failed (the file is still served from userspace)", path)
 
     def counters(self) -> Counters:
-        return self.dp.counters()
+        return self.maps.counters()
 
     def cache_stats(self) -> dict[str, int]:
         return dataclasses.asdict(self.cache.stats)
 
     def conn_usage(self) -> tuple[int, int]:
-        return self.dp.conn_entries(), self.dp.conn_capacity
+        return self.conns.entries(), self.conns.capacity
 
     def interface_stats(self) -> dict[str, dict[str, int]]:
-        return {att.ifname: self.dp.interface_counters(att.ifindex) for att in self.attachments}
+        return {att.ifname: self.maps.interface_counters(att.ifindex) for att in self.attachments}
 
     def hot_files(self, n: int = 10) -> list[dict[str, object]]:
-        hits = self.dp.entry_hits()
+        hits = self.maps.entry_hits()
         with self.cache._lock:
             entries = list(self.cache.entries.values())
         rows = [{"path": e.url_path, "kernel_hits": hits.get(e.url_path, (0, 0))[0], "bytes": e.size} for e in entries]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fileserver import abi
-from fileserver.datapath import Counters
+from fileserver.maps import Counters
 from tests.support import REPO
 
 SCALARS = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8, "u8": 1, "u16": 2, "u32": 4, "u64": 8, "char": 1, "int": 4}

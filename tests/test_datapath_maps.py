@@ -11,15 +11,15 @@ def test_rebuild_shares_maps_and_map_sets_stay_apart() -> None:
     require_root()
     first = Datapath(8080, 16)
     try:
-        first.set_ref("/a", 1, 0)
+        first.maps.set_ref("/a", 1, 0)
         rebuilt = first.rebuilt(ParserLimits(100, 100, 10))
         first.close()  # the old build goes; the maps stay with the new one
-        assert set(rebuilt.entry_hits()) == {"/a"}
+        assert set(rebuilt.maps.entry_hits()) == {"/a"}
         other = Datapath(8081, 16)  # a second set in this process: its own maps (and names)
         try:
-            assert other.entry_hits() == {}
-            other.set_ref("/b", 2, 0)
-            assert set(rebuilt.entry_hits()) == {"/a"}
+            assert other.maps.entry_hits() == {}
+            other.maps.set_ref("/b", 2, 0)
+            assert set(rebuilt.maps.entry_hits()) == {"/a"}
         finally:
             other.close()
         rebuilt.close()

@@ -1,13 +1,13 @@
-"""Pure parts of the datapath module: source expansion, checksums, addresses, the Date slots."""
+"""Pure parts of the datapath modules: source expansion, checksums, addresses, the Date slots, the GC's view of sockets."""
 
 import struct
 
-from fileserver import abi, datapath
+from fileserver import abi, bpf_build, conn_gc, conns, maps
 from fileserver.http_semantics import DATE_LEN, DATE_OFFSET
 
 
 def test_expand_source_inlines_each_header_once() -> None:
-    text = datapath.expand_source(datapath.MAIN_SOURCE)
+    text = bpf_build.expand_source(bpf_build.MAIN_SOURCE)
     assert '#include "' not in text
     assert text.count("struct conn_state {") == 1
     assert '#line 1 "parse.h"' in text
@@ -25,15 +25,15 @@ def reference_checksum(data: bytes) -> int:
 
 def test_le_checksum_is_byte_swapped_rfc1071() -> None:
     for data in (b"", b"a", b"hello world", bytes(range(256)) * 3):
-        le = datapath.internet_checksum_le(data)
+        le = maps.internet_checksum_le(data)
         assert ((le >> 8) | (le & 0xFF) << 8) == reference_checksum(data)
 
 
 def test_body_checksum_ignores_date_slot() -> None:
     a = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nX: y\r\n\r\nbody"
     b = a.replace(b"08:49:37", b"09:00:00")
-    assert datapath.body_checksum(a) == datapath.body_checksum(b)
-    assert datapath.body_checksum(a) != datapath.body_checksum(a.replace(b"body", b"bodx"))
+    assert maps.body_checksum(a) == maps.body_checksum(b)
+    assert maps.body_checksum(a) != maps.body_checksum(a.replace(b"body", b"bodx"))
 
 
 def test_date_slots_match_the_header_blocks() -> None:
@@ -55,12 +55,12 @@ def test_date_slots_match_the_header_blocks() -> None:
 def test_addresses_take_conn_keys_form() -> None:
     """struct conn_key holds IPv6 addresses, IPv4 ones IPv4-mapped; each address has one spelling
     on both sides (close events and the connection registry)."""
-    assert datapath.address_bytes("10.0.0.1") == bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])
-    assert datapath.address_bytes("::1") == bytes(15) + b"\x01"
-    assert datapath.address_text(datapath.address_bytes("10.0.0.1")) == "10.0.0.1"
-    assert datapath.canonical_address("::ffff:127.0.0.1") == "127.0.0.1"
-    assert datapath.canonical_address("fe80::1%veth0") == "fe80::1"
-    assert datapath.canonical_address("FD77:0::1") == "fd77::1"
+    assert conns.address_bytes("10.0.0.1") == bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])
+    assert conns.address_bytes("::1") == bytes(15) + b"\x01"
+    assert conns.address_text(conns.address_bytes("10.0.0.1")) == "10.0.0.1"
+    assert conns.canonical_address("::ffff:127.0.0.1") == "127.0.0.1"
+    assert conns.canonical_address("fe80::1%veth0") == "fe80::1"
+    assert conns.canonical_address("FD77:0::1") == "fd77::1"
 
 
 def test_live_connections_reads_ipv4_and_ipv6() -> None:
@@ -76,7 +76,7 @@ def test_live_connections_reads_ipv4_and_ipv6() -> None:
             with socket.create_connection((host, port)) as client:
                 server, _ = listener.accept()
                 with server:
-                    live = datapath._live_connections(port)
-                    key = (datapath.address_bytes(host), socket.htons(client.getsockname()[1]),
-                           datapath.address_bytes(host))
+                    live = conn_gc.live_connections(port)
+                    key = (conns.address_bytes(host), socket.htons(client.getsockname()[1]),
+                           conns.address_bytes(host))
                     assert key in live, (host, live)

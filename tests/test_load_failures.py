@@ -55,15 +55,15 @@ def test_compiler_that_ends_the_process_still_says_why() -> None:
 
     require_root()
     code = (
-        "from fileserver.datapath import _compile\n"
-        "_compile('int f(struct __sk_buff *skb) { volatile char big[1024]; "
+        "from fileserver.bpf_build import compile_text\n"
+        "compile_text('int f(struct __sk_buff *skb) { volatile char big[1024]; "
         "for (int i = 0; i < 1024; i++) big[i] = i; return big[skb->len & 1023]; }', [], False)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "the BPF compiler ended the process" in out.stderr and "stack limit" in out.stderr, out.stderr
     # ... and a process that compiles fine exits cleanly (the witness leaves no trace)
-    ok = subprocess.run([sys.executable, "-c", "from fileserver.datapath import _compile\n"
-                         "_compile('int f(struct __sk_buff *skb) { return 0; }', [], False)\n"],
+    ok = subprocess.run([sys.executable, "-c", "from fileserver.bpf_build import compile_text\n"
+                         "compile_text('int f(struct __sk_buff *skb) { return 0; }', [], False)\n"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr
