@@ -238,8 +238,14 @@ class KernelCache:
         self.drop(victim.url_path, evicted=True)
 
     def reconfigure(self, resolver: Resolver, config: Config) -> None:
-        """A reload changed the root or the hot policy: start over from the new ones (the kernel
-        misses, and userspace answers, until files are pushed again)."""
+        """A reload: if it changed the root or the hot policy, start over from the new ones (the
+        kernel misses, and userspace answers, until files are pushed again)."""
+        old = self.config
+        if (config.root, config.hot_after, config.max_kernel_file_size) == \
+                (old.root, old.hot_after, old.max_kernel_file_size):
+            with self._lock:
+                self.resolver, self.config = resolver, config
+            return
         with self._lock:
             self.clear()
             self._hits.clear()
@@ -250,6 +256,15 @@ class KernelCache:
         """--hot-after 0 means every eligible file at once; otherwise files come as they get hot."""
         if self.config.hot_after == 0:
             log.info("pushed %d files into the kernel cache", self.preload())
+
+    def hot_files(self, n: int) -> list[dict[str, object]]:
+        """The n entries the kernel answered most from: path, kernel answers, response bytes."""
+        hits = self.maps.entry_hits()
+        with self._lock:
+            entries = list(self.entries.values())
+        rows = [{"path": e.url_path, "kernel_hits": hits.get(e.url_path, (0, 0))[0], "bytes": e.size} for e in entries]
+        rows.sort(key=lambda r: (-int(r["kernel_hits"]), str(r["path"])))  # type: ignore[call-overload]
+        return rows[:n]
 
     def clear(self) -> None:
         with self._lock:

@@ -275,11 +275,7 @@ class ActiveKernelPath(KernelPath):
             self.config = config
             self._mtus.clear()
             self._refresh_mtus()
-            if config.root != old.root or config.hot_after != old.hot_after \
-                    or config.max_kernel_file_size != old.max_kernel_file_size:
-                self.cache.reconfigure(resolver, config)
-            else:
-                self.cache.config = config
+            self.cache.reconfigure(resolver, config)
         if config.root != old.root:
             self.watcher.shutdown()
             self.root = str(resolver.root)
@@ -322,12 +318,7 @@ class ActiveKernelPath(KernelPath):
         return {att.ifname: self.maps.interface_counters(att.ifindex) for att in self.attachments}
 
     def hot_files(self, n: int = 10) -> list[dict[str, object]]:
-        hits = self.maps.entry_hits()
-        with self.cache._lock:
-            entries = list(self.cache.entries.values())
-        rows = [{"path": e.url_path, "kernel_hits": hits.get(e.url_path, (0, 0))[0], "bytes": e.size} for e in entries]
-        rows.sort(key=lambda r: (-int(r["kernel_hits"]), str(r["path"])))  # type: ignore[call-overload]
-        return rows[:n]
+        return self.cache.hot_files(n)
 
 
 def _privilege_problem() -> str | None:
