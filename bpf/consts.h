@@ -14,8 +14,25 @@
 #define IPV4_HLEN 20            /* we only build and answer on headers without IP options */
 #define IPV6_HLEN 40            /* ... or IPv6 extension headers */
 #define TCP_HLEN 20
-#define TCP_TS_OPTLEN 12        /* NOP, NOP, kind 8 len 10: what Linux clients send on every segment */
+#define TCP_TS_OPTLEN 12        /* NOP, NOP, TIMESTAMP (10): what Linux clients send on every segment */
 #define TCP_MAX_OPTLEN 40
+
+/* Field offsets in the TCP header (RFC 9293 section 3.1). */
+#define TCP_SEQ_OFF 4
+#define TCP_ACK_OFF 8
+#define TCP_CSUM_OFF 16
+
+/* TCP option kinds and lengths (RFC 9293 section 3.2, RFC 7323, RFC 2018; the kernel's own names
+ * from include/net/tcp.h, which is not UAPI and so not in the headers bcc sees here). */
+#define TCPOPT_EOL 0            /* end of the option list */
+#define TCPOPT_NOP 1            /* one byte of padding */
+#define TCPOPT_MSS 2
+#define TCPOPT_WINDOW 3         /* window scale */
+#define TCPOPT_SACK 5
+#define TCPOPT_TIMESTAMP 8
+#define TCPOLEN_MSS 4
+#define TCPOLEN_WINDOW 3
+#define TCPOLEN_TIMESTAMP 10
 
 /* Largest request the kernel parses (bytes of TCP payload). Longer ones go to userspace. Power of
  * two so indexes can be masked for the verifier. */
@@ -52,13 +69,13 @@
 #define MAX_PATH 128
 
 /* Response bodies are copied into the skb in fixed chunks: bpf_skb_store_bytes needs a length the
- * verifier can bound, and 512 B measured fine (DESIGN.md section 3). */
+ * verifier can bound, and 512 B measured fine (DESIGN.md section 7). */
 #define CHUNK 512
 
 /* bpf_skb_change_tail cannot grow an skb beyond SKB_MAX_ALLOC = 16,064 bytes on this kernel. */
 #define MAX_FRAME 16064
 
-/* Multi-segment answers (DESIGN.md section 2). Every segment is a clone of the request skb sent by
+/* Multi-segment answers (DESIGN.md section 4). Every segment is a clone of the request skb sent by
  * fs_seg<cls>, which tail-calls itself for the next: the kernel allows 33 tail calls per packet
  * and the parse stages and sender take 3 or 4, so MAX_SEGS stays well below. Each segment holds
  * at most the client's MSS (less the timestamp option) and what the link's frame allows. */
@@ -81,7 +98,7 @@
 #define ETAG_MAX 48
 
 /* If userspace has not refreshed the clock for this long, it is presumed dead and every request
- * passes (the filter may outlive the process: DESIGN.md section 4, liveness). */
+ * passes (the filter may outlive the process: DESIGN.md section 6, liveness). */
 #ifndef HEARTBEAT_TIMEOUT_NS
 #define HEARTBEAT_TIMEOUT_NS (3ULL * 1000000000ULL)
 #endif

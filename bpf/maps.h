@@ -68,7 +68,7 @@ FS_TABLE("percpu_array", int, struct answer_ctx, answer_scratch, 1, 0);
 FS_TABLE("percpu_array", int, struct egress_ctx, egress_scratch, 1, 0);
 
 /* Connections the kernel ended with its answer (Connection: close, HTTP/1.0): userspace closes
- * the server socket, whose FIN then follows the answer on the wire (DESIGN.md section 2). */
+ * the server socket, whose FIN then follows the answer on the wire (DESIGN.md section 3). */
 FS_RINGBUF(close_events, CLOSE_EVENTS_PAGES);
 
 /* Connections userspace has finished with for now: how many bytes it had read from and written to
@@ -77,6 +77,7 @@ FS_RINGBUF(close_events, CLOSE_EVENTS_PAGES);
 FS_TABLE("lru_hash", struct conn_key, struct user_idle, user_idle, USER_IDLE_ENTRIES, 0);
 
 #ifndef FS_MAPS_ONLY
-/* Tail-call targets of this build: the parse stages, then one sender per size class. */
+/* Tail-call targets of this build: the parse stages, one sender per size class, one segment sender
+ * per size class (PROG_* in consts.h). */
 BPF_PROG_ARRAY(progs, NR_PROGS);
 #endif

@@ -1,5 +1,6 @@
 /* Why a request-bearing segment was passed to userspace, and kernel-path errors.
- * Mirrored in fileserver/reasons.py (a test checks the two agree): keep the order. */
+ * Mirrored in fileserver/reasons.py (a test checks the two agree): keep the order.
+ * Pass reasons are data, never control flow: internal results live in results.h, below zero. */
 #pragma once
 
 enum pass_reason {
@@ -38,3 +39,9 @@ enum kernel_error {
     ERR_RESEND_GONE,        /* a lost segment's version was deleted: the connection is reset */
     NR_KERNEL_ERRORS,
 };
+
+/* struct counters' arrays: powers of two, so that an index masked with (SLOTS - 1) stays inside. */
+#define PASS_SLOTS 32
+#define ERROR_SLOTS 8
+_Static_assert(NR_PASS_REASONS <= PASS_SLOTS, "counters.pass holds every pass reason");
+_Static_assert(NR_KERNEL_ERRORS <= ERROR_SLOTS, "counters.errors holds every kernel error");

@@ -1,4 +1,4 @@
-/* Structures shared by the programs and userspace (fileserver/datapath.py reads them via bcc). */
+/* Structures of the maps (fileserver/datapath.py reads them via bcc) and of the programs. */
 #pragma once
 #include "consts.h"
 #include "reasons.h"
@@ -10,7 +10,7 @@ struct path_key {
 
 /* file_cache value: which body to send. Bodies are never rewritten in place: a new version gets a
  * new id, file_cache is switched to it, then the old body is deleted, so a reader sees one whole
- * version or misses (DESIGN.md section 4). */
+ * version or misses (DESIGN.md section 6). */
 struct cache_ref {
     __u32 id;
     __u32 cls;              /* size class 0..NR_CLASSES-1 */
@@ -121,8 +121,8 @@ struct counters {
     __u64 resent;           /* segments of multi-segment answers sent again */
     __u64 acks;             /* pure ACKs sent for requests answered in several segments */
     __u64 held;             /* client segments dropped while a kernel answer was not wholly acknowledged */
-    __u64 pass[NR_PASS_REASONS];
-    __u64 errors[NR_KERNEL_ERRORS];
+    __u64 pass[PASS_SLOTS];     /* by enum pass_reason */
+    __u64 errors[ERROR_SLOTS];  /* by enum kernel_error */
 };
 
 /* A parsed Ethernet/IP/TCP segment (IPv4 or IPv6). */
@@ -191,3 +191,14 @@ struct close_event {
     __u32 kind;                 /* CLOSE_WANTED or CLOSE_NOW */
 };
 
+/* The headers of a segment we build, written over the start of the request skb: Ethernet, the IP
+ * header of the request's family (its first IPV4_HLEN or IPV6_HLEN bytes of l3), TCP. */
+struct resp_hdrs {
+    struct ethhdr eth;
+    union {
+        struct iphdr ip;
+        struct ipv6hdr ip6;
+    };
+    struct tcphdr tcp;
+    __u8 ts[TCP_TS_OPTLEN];
+} __attribute__((packed));

@@ -1,25 +1,30 @@
-/* TC egress: server -> client. Translate the server socket's segments into the client's view. */
+/* TC egress: server -> client. Translate the server socket's segments into the client's view, and
+ * learn what the socket tells the client (its window, window scale, TSval, its ISN). Every segment
+ * passes (FS_PASS). */
+#include "conn.h"
+#include "tcp_xlate.h"
+
 
 static __always_inline int handle_egress(struct __sk_buff *skb)
 {
     if (skb->mark == KERNEL_MARK) {
         skb->mark = 0;                              /* built by fs_ingress: already translated */
-        return TC_ACT_UNSPEC;
+        return FS_PASS;
     }
     int zero = 0;
     struct egress_ctx *e = egress_scratch.lookup(&zero);
     if (!e)
-        return TC_ACT_UNSPEC;
+        return FS_PASS;
     struct pkt *p = &e->p;
     struct conn_key *k = &e->key;
     __builtin_memset(p, 0, sizeof(*p));
     if (parse_headers(skb, p) < 0 || p->tcp.source != bpf_htons(SERVER_PORT))
-        return TC_ACT_UNSPEC;
+        return FS_PASS;
     count_if(skb, 1);
     conn_key_of(k, p, 0);
     struct conn_state *cs = conn_state.lookup(k);
     if (!cs)
-        return TC_ACT_UNSPEC;
+        return FS_PASS;
     /* The newest TSval the client may have seen: a kernel answer must not carry an older one. */
     __u32 tsval, tsecr;
     if (find_ts(skb, p, &tsval, &tsecr)) {
@@ -39,7 +44,7 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
         cs->server_win = bpf_ntohs(p->tcp.window) >> ws;  /* a SYN's window is never scaled */
         cs->srv_next = bpf_ntohl(p->tcp.seq) + 1;
         cs->srv_isn1 = cs->srv_next;                /* no deltas yet: both views agree */
-        return TC_ACT_UNSPEC;
+        return FS_PASS;
     }
     cs->server_win = bpf_ntohs(p->tcp.window);
     /* The server socket sends data or closes: from now on only it may send, or sequence space
@@ -48,5 +53,5 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
         cs->flags |= CONN_USER;
     xlate_out(skb, p, cs);
     forget_if_done(k, cs, p);
-    return TC_ACT_UNSPEC;
+    return FS_PASS;
 }

@@ -6,41 +6,8 @@
  * SACK blocks are in the other side's sequence space; rather than translate block edges that may
  * fall inside kernel-sent bytes, they are turned into NOPs (the sender then recovers without them). */
 #pragma once
-#include "consts.h"
-#include "maps.h"
-
-#define TCP_SEQ_OFF 4
-#define TCP_ACK_OFF 8
-#define TCP_CSUM_OFF 16
-
-static __always_inline void count(int field_offset)
-{
-    int zero = 0;
-    struct counters *c = counters.lookup(&zero);
-    if (c)
-        __sync_fetch_and_add((__u64 *)((__u8 *)c + field_offset), 1);
-}
-#define COUNT(field) count(offsetof(struct counters, field))
-#define COUNT_PASS(r) count(offsetof(struct counters, pass) + ((r) & 31) * sizeof(__u64))
-#define COUNT_ERR(e) count(offsetof(struct counters, errors) + ((e) & 7) * sizeof(__u64))
-
-/* Per-interface packet and byte counts of our port's segments. */
-static __always_inline void count_if(struct __sk_buff *skb, int egress)
-{
-    __u32 idx = skb->ifindex;
-    if (idx >= MAX_IFSTATS)
-        return;
-    struct if_counters *c = if_stats.lookup(&idx);
-    if (!c)
-        return;
-    if (egress) {
-        c->out_packets++;
-        c->out_bytes += skb->len;
-    } else {
-        c->in_packets++;
-        c->in_bytes += skb->len;
-    }
-}
+#include "report.h"
+#include "parse_pkt.h"
 
 static __always_inline void rewrite32(struct __sk_buff *skb, __u32 l4_off, __u32 field, __be32 old, __be32 new)
 {
@@ -49,7 +16,7 @@ static __always_inline void rewrite32(struct __sk_buff *skb, __u32 l4_off, __u32
         COUNT_ERR(ERR_XLATE);
 }
 
-/* Overwrite every SACK option (kind 5) with NOPs, fixing the checksum. */
+/* Overwrite every SACK option with NOPs, fixing the checksum. */
 static __always_inline void blank_sack(struct __sk_buff *skb, struct pkt *p)
 {
     __u32 olen = tcp_optlen(p);
@@ -62,25 +29,16 @@ static __always_inline void blank_sack(struct __sk_buff *skb, struct pkt *p)
     __builtin_memcpy(orig, opt, sizeof(orig));
     /* The SACK option (at most one per segment, RFC 2018). */
     __u32 sack_at = 0, sack_len = 0;
-    if (!tcp_find_option(opt, olen, 5, &sack_at, &sack_len))
+    if (!tcp_find_option(opt, olen, TCPOPT_SACK, &sack_at, &sack_len))
         return;
 #pragma unroll
     for (int j = 0; j < TCP_MAX_OPTLEN; j++)
         if (j >= sack_at && j < sack_at + sack_len)
-            opt[j] = 1;
+            opt[j] = TCPOPT_NOP;
     __s64 diff = bpf_csum_diff((__be32 *)orig, TCP_MAX_OPTLEN, (__be32 *)opt, TCP_MAX_OPTLEN, 0);
     bpf_skb_store_bytes(skb, p->l4_off + TCP_HLEN, opt, olen, 0);
     bpf_l4_csum_replace(skb, p->l4_off + TCP_CSUM_OFF, 0, diff, 0);
     COUNT(sack_blanked);
-}
-
-/* Drop a connection's state once nothing is left to translate: after a reset, or at a FIN on a
- * connection the kernel never answered on (its deltas are zero). Connections with deltas keep
- * their entry through the closing handshake; userspace deletes it once the socket is gone. */
-static __always_inline void forget_if_done(struct conn_key *k, struct conn_state *cs, struct pkt *p)
-{
-    if (p->tcp.rst || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
-        conn_state.delete(k);
 }
 
 /* Client -> server. */

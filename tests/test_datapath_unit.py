@@ -10,7 +10,7 @@ def test_expand_source_inlines_each_header_once() -> None:
     text = bpf_build.expand_source(bpf_build.MAIN_SOURCE)
     assert '#include "' not in text
     assert text.count("struct conn_state {") == 1
-    assert '#line 1 "parse.h"' in text
+    assert '#line 1 "parse_http.h"' in text
 
 
 def reference_checksum(data: bytes) -> int:

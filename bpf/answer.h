@@ -1,0 +1,296 @@
+/* Answering from the cache: the one place that looks up an answer's body by its size class, the
+ * answer to a request (304, HEAD or 200, in the variant the request calls for), and the segments of
+ * an answer longer than one segment, with their final pure ACK. */
+#pragma once
+#include "conn.h"
+#include "parse_http.h"
+
+/* The body *id of size class cls, or NULL if it is gone (id points into a map value: no stack). cls is a constant at every call, so the
+ * switch folds to one lookup whose map the verifier knows the value size of (class_size(cls) bytes
+ * of data after the header). These six lookups are the only place the body maps are named: bcc
+ * rewrites a map call only where it is written out, not through a map pointer or a macro. */
+static __always_inline struct body_hdr *class_body(const int cls, __u32 *id)
+{
+    switch (cls) {
+    case 0: return (struct body_hdr *)body_1k.lookup(id);
+    case 1: return (struct body_hdr *)body_2k.lookup(id);
+    case 2: return (struct body_hdr *)body_4k.lookup(id);
+    case 3: return (struct body_hdr *)body_8k.lookup(id);
+    case 4: return (struct body_hdr *)body_16k.lookup(id);
+    default: return (struct body_hdr *)body_32k.lookup(id);
+    }
+}
+_Static_assert(NR_CLASSES == 6, "one body map lookup in class_body per size class");
+
+/* Bytes of data after the header in a body of size class cls (a constant). */
+static __always_inline __u32 class_size(const int cls)
+{
+    switch (cls) {
+    case 0: return CLASS0_DATA;
+    case 1: return CLASS1_DATA;
+    case 2: return CLASS2_DATA;
+    case 3: return CLASS3_DATA;
+    case 4: return CLASS4_DATA;
+    default: return CLASS5_DATA;
+    }
+}
+
+/* A body's data: right after its header in every class (struct body<n>). */
+static __always_inline __u8 *body_data(struct body_hdr *h)
+{
+    return (__u8 *)(h + 1);
+}
+#define DATA_FOLLOWS_HEADER(n) \
+    _Static_assert(offsetof(struct body##n, data) == sizeof(struct body_hdr), "body" #n ": data follows the header")
+DATA_FOLLOWS_HEADER(0);
+DATA_FOLLOWS_HEADER(1);
+DATA_FOLLOWS_HEADER(2);
+DATA_FOLLOWS_HEADER(3);
+DATA_FOLLOWS_HEADER(4);
+DATA_FOLLOWS_HEADER(5);
+
+/* Rewrite skb into the response for the request in p and update the connection's deltas; or, for
+ * an answer longer than one segment, record it for the segment sender (FS_ANSWER_SEGMENTS).
+ * Inlined once per size class so `size` is a constant the verifier can bound reads with.
+ * `variant` (VAR_*) says how the stored bytes become aiohttp's answer to this form of request: a
+ * header line inserted at hx, where the head's final CRLF starts, and/or "HTTP/1.0"; body_csum is
+ * already that variant's sum. Returns FS_REDIRECT (the skb is the answer), FS_ANSWER_SEGMENTS,
+ * FS_DROP (the request was overwritten: the client retransmits it) or a pass reason. */
+static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs,
+                                     __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
+                                     const __u32 date_off, __u8 *date, __u32 hx, __u32 variant, const int kind)
+{
+    struct pkt *p = &ctx->p;
+    if (rlen < date_off + DATE_SLOT_LEN || rlen > size)
+        return PASS_CACHE_RACE;
+    __u32 extra = variant_extra(variant);
+    if (extra && (hx < date_off + DATE_SLOT_LEN || hx > rlen || hx >= CHUNK))
+        return PASS_TOO_BIG;                        /* (a head this long is not worth a variant) */
+    __u32 total = rlen + extra;
+    __u32 thl = tcp_hdr_len(p->has_ts);
+    __u32 l3 = ip_hlen(p);
+    __u32 seg = seg_payload(skb, cs, l3, thl);
+    __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
+    if (total > win)
+        return PASS_WINDOW;
+    __u32 req_seq = bpf_ntohl(p->tcp.seq);
+    if (total > seg) {
+        /* Several segments, sent by fs_seg<cls>. Only whole 200s get this long; the head and the
+         * variant's header line must sit in the first segment. */
+        if (kind != KIND_FULL || seg < MIN_SEG_PAYLOAD || hx + extra > seg || total > seg * MAX_SEGS)
+            return PASS_TOO_BIG;
+        record_answer(cs, req_seq, p->payload_len, total, variant);
+        cs->resp_id = ctx->ref.id;
+        cs->resp_cls = ctx->ref.cls;
+        cs->resp_kind = kind;
+        cs->resp_variant = variant;
+        cs->seg_size = seg;
+        cs->fast_ack = cs->srv_next - total - 1;    /* none yet */
+        /* The request is not acknowledged until the client has every byte of the answer: any
+         * loss then makes the client send the request again, which says (in its ACK) what it
+         * has, so a lost segment is always recovered, without a timer here (DESIGN.md section 4,
+         * option 1). The pure ACK follows the client's ACK of the whole answer. */
+        cs->flags |= CONN_UNACKED;
+        ctx->seg_off = 0;
+        ctx->seg_end = total;
+        ctx->seg_resend = 0;
+        ctx->ack_seq = p->tcp.seq;                  /* what the server acknowledged before */
+        ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
+        ctx->tsecr = p->tsval;
+        return FS_ANSWER_SEGMENTS;
+    }
+    __u32 frame = ETH_HLEN_ + l3 + thl + total;
+    if (frame > MAX_FRAME)
+        return PASS_TOO_BIG;
+
+    struct resp_hdrs h = {};
+    if (cs->flags & CONN_SOCK_ACK) {
+        ack_the_socket(skb, p, cs, &h);
+        __builtin_memset(&h, 0, sizeof(h));
+    }
+    ctx->ack_seq = bpf_htonl(req_seq + p->payload_len);
+    ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
+    ctx->tsecr = p->tsval;
+    segment_hdrs(&h, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);   /* seq == srv_next, checked by the caller */
+    __u32 psum;
+    __u32 hsum = header_sum(&h, p->v6, p->has_ts, total, &psum);
+    __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
+
+    if (bpf_skb_change_tail(skb, frame, 0) < 0) {
+        COUNT_ERR(ERR_CHANGE_TAIL);
+        return PASS_TOO_BIG;
+    }
+    /* From here on the request is gone: any failure drops the skb and the client retransmits. */
+    long err = store_hdrs(skb, &h, p->v6, p->has_ts);
+    __u32 poff = ETH_HLEN_ + l3 + thl;
+    err |= store_variant(skb, poff, data, rlen, hx, variant, extra, date, date_off, size);
+    if (err) {
+        COUNT_ERR(ERR_STORE);
+        return FS_DROP;
+    }
+
+    store_tcp_csum(skb, l3, psum, (__u64)hsum + body_csum + dsum, 0, 0, NULL);
+
+    record_answer(cs, req_seq, p->payload_len, total, variant);
+    skb->mark = KERNEL_MARK;
+    return FS_REDIRECT;
+}
+
+/* The sum of one variant of one kind of answer (kind is a constant at every call). */
+static __always_inline __u32 variant_csum(struct body_hdr *h, const int kind, __u32 variant, __u32 stored)
+{
+    const int row = kind * (NR_VARIANTS - 1);
+    if (variant == VAR_CLOSE11)
+        return h->vcsum[row];
+    if (variant == VAR_CLOSE10)
+        return h->vcsum[row + 1];
+    if (variant == VAR_KEEP10)
+        return h->vcsum[row + 2];
+    return stored;
+}
+
+/* Answer from one cached version: 304 if If-None-Match names it, headers only for HEAD, else 200;
+ * each in the variant the request's version and Connection header call for. */
+static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                       struct conn_state *cs, struct clock *clk, struct body_hdr *h,
+                                       __u8 *data, const __u32 size)
+{
+    __u32 v = ctx->variant;
+    if (ctx->inm_pos) {
+        __u32 off = h->etag_off;
+        CLAMP_MAX(off, NM_REGION - ETAG_MAX);
+        int m = etag_matches(rb, ctx->inm_pos, data + off, h->etag_len);
+        if (m < 0)
+            return PASS_CONDITIONAL;
+        if (m)
+            return send_body(skb, ctx, cs, h->nm_len, variant_csum(h, KIND_NM, v, h->nm_csum), data, NM_REGION,
+                             NM_DATE_SLOT_OFFSET, clk->date, h->nm_len - 2, v, KIND_NM);
+    }
+    __u8 *full = data + NM_REGION;
+    if (ctx->is_head)
+        return send_body(skb, ctx, cs, h->head_len, variant_csum(h, KIND_HEAD, v, h->head_csum), full,
+                         size - NM_REGION, DATE_SLOT_OFFSET, clk->date, h->head_len - 2, v, KIND_HEAD);
+    return send_body(skb, ctx, cs, h->len, variant_csum(h, KIND_FULL, v, h->csum), full, size - NM_REGION,
+                     DATE_SLOT_OFFSET, clk->date, h->head_len - 2, v, KIND_FULL);
+}
+
+/* fs_send<cls>: answer the request in answer_ctx from its entry's body of size class cls. */
+static __always_inline int answer_request(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                          struct conn_state *cs, struct clock *clk, const int cls)
+{
+    struct body_hdr *h = class_body(cls, &ctx->ref.id);
+    return h ? answer_from(skb, ctx, rb, cs, clk, h, body_data(h), class_size(cls)) : PASS_CACHE_RACE;
+}
+
+/* ---- Answers of several segments ------------------------------------------------------------ */
+
+/* The pure ACK of a request answered in several segments, once the client has all of them. */
+static __always_inline int send_ack(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs)
+{
+    __u32 thl = tcp_hdr_len(ctx->p.has_ts);
+    struct resp_hdrs h = {};
+    segment_hdrs(&h, ctx, cs, cs->srv_next, 0, thl, 0);
+    __u32 psum;
+    __u32 l3 = ip_hlen(&ctx->p);
+    __u32 hsum = header_sum(&h, ctx->p.v6, ctx->p.has_ts, 0, &psum);
+    if (bpf_skb_change_tail(skb, ETH_HLEN_ + l3 + thl, 0) < 0) {
+        COUNT_ERR(ERR_CHANGE_TAIL);
+        return FS_DROP;
+    }
+    long err = store_hdrs(skb, &h, ctx->p.v6, ctx->p.has_ts);
+    if (err) {
+        COUNT_ERR(ERR_STORE);
+        return FS_DROP;
+    }
+    store_tcp_csum(skb, l3, psum, hsum, 0, 0, NULL);
+    COUNT(acks);
+    skb->mark = KERNEL_MARK;
+    return FS_REDIRECT;
+}
+
+/* The answer's version is gone (its file changed and the old body was deleted after its grace
+ * period): its lost bytes cannot be sent again, and other bytes must not take their place.
+ * Userspace resets the connection. */
+static __always_inline int resend_gone(struct answer_ctx *ctx)
+{
+    COUNT_ERR(ERR_RESEND_GONE);
+    tell_close(&ctx->key, CLOSE_ABORT);
+    return FS_DROP;
+}
+
+/* Send answer bytes [seg_off, seg_off + seg_size) of the connection's last answer (a 200 of the
+ * entry whose body is h/data), then, if more is due, clone it out and tail-call for the next. The
+ * bytes are those of the first sending: the stored version, the same variant; the Date is current,
+ * but it sits in the first segment, which is only resent to a client that has none of the answer. */
+static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                        struct conn_state *cs, struct clock *clk, struct body_hdr *bh,
+                                        __u8 *data, const __u32 size, const int cls)
+{
+    const __u32 region = size - NM_REGION;
+    __u8 *full = data + NM_REGION;
+    __u32 variant = cs->resp_variant;
+    __u32 extra = variant_extra(variant);
+    __u32 rlen = bh->len, hx = bh->head_len - 2;
+    __u32 total = rlen + extra;
+    if (rlen > region || total != cs->last_resp_len || hx >= CHUNK || hx < DATE_SLOT_OFFSET + DATE_SLOT_LEN)
+        return resend_gone(ctx);                    /* (the id was reused: not the same answer) */
+    __u32 off = ctx->seg_off, seg = cs->seg_size;
+    if (off >= total || seg == 0)
+        return FS_DROP;
+    __u32 len = total - off < seg ? total - off : seg;
+    if (off == 0 && len < hx + extra)
+        return FS_DROP;
+    if (off && off < extra)
+        return FS_DROP;
+    __u32 thl = tcp_hdr_len(ctx->p.has_ts);
+    __u32 l3 = ip_hlen(&ctx->p);
+    __u32 poff = ETH_HLEN_ + l3 + thl;
+    if (len > MAX_SEG_PAYLOAD || bpf_skb_change_tail(skb, poff + len, 0) < 0) {
+        COUNT_ERR(ERR_CHANGE_TAIL);
+        return FS_DROP;
+    }
+    __u32 start = cs->srv_next - total;
+    struct resp_hdrs h = {};
+    segment_hdrs(&h, ctx, cs, start + off, len, thl, off + len == total);
+    long err = store_hdrs(skb, &h, ctx->p.v6, ctx->p.has_ts);
+    if (off == 0) {
+        err |= store_variant(skb, poff, full, len - extra, hx, variant, extra, clk->date, DATE_SLOT_OFFSET, region);
+    } else {
+        err |= store_slice(skb, poff, full, off - extra, len, region);
+    }
+    if (err) {
+        COUNT_ERR(ERR_STORE);
+        return FS_DROP;
+    }
+    __u32 psum;
+    __u32 hsum = header_sum(&h, ctx->p.v6, ctx->p.has_ts, len, &psum);
+    store_tcp_csum(skb, l3, psum, hsum, poff, len, rb->b);  /* (the request buffer is free now) */
+    if (ctx->seg_resend)
+        COUNT(resent);
+    skb->mark = KERNEL_MARK;
+    off += len;
+    if (off < ctx->seg_end && off < total) {
+        if (!ctx->seg_resend)
+            COUNT(segments);
+        ctx->seg_off = off;
+        bpf_clone_redirect(skb, skb->ifindex, 0);
+        progs.call(skb, PROG_SEG0 + cls);
+        return FS_DROP;                             /* no tail call: the rest counts as lost */
+    }
+    /* The last one goes out as a clone too, and the skb itself is dropped. On lo and veth the skb
+     * is the client's own: the companion (fclone) of the request in its retransmission queue. If
+     * it sat in the client's out-of-order queue (a segment before it lost), the client's stack
+     * would take the request as still on its way out and never send it again (tcp's
+     * skb_still_in_host_queue), and that retransmission is how the loss gets repaired. */
+    bpf_clone_redirect(skb, skb->ifindex, 0);
+    return FS_DROP;
+}
+
+/* fs_seg<cls>: send the segments of the connection's last answer (body of size class cls) that
+ * answer_ctx names. */
+static __always_inline int send_segments(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
+                                         struct conn_state *cs, struct clock *clk, const int cls)
+{
+    struct body_hdr *h = class_body(cls, &cs->resp_id);
+    return h ? send_segment(skb, ctx, rb, cs, clk, h, body_data(h), class_size(cls), cls) : resend_gone(ctx);
+}

@@ -1,0 +1,243 @@
+/* The connection state machine (struct conn_state): new connections and their end, answers
+ * recorded and undone, the multi-segment answer in flight, the close of a connection the kernel
+ * ended, and the way back from userspace to the kernel, with the ACK the server socket is owed
+ * then (ack_the_socket). Translation itself is tcp_xlate.h's. */
+#pragma once
+#include "segment.h"
+#include "sock.h"
+
+/* A client's SYN: a new connection, with what its options say (window scale, MSS). */
+static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb)
+{
+    struct conn_state cs = {};
+    int ws = parse_wscale(skb, p);
+    cs.client_wscale = ws < 0 ? 0 : ws;
+    cs.flags = ws < 0 ? 0 : CONN_WS_OK;
+    cs.next_seq = bpf_ntohl(p->tcp.seq) + 1;
+    cs.client_mss = parse_mss(skb, p);
+    cs.last_seen_ns = bpf_ktime_get_ns();
+    if (conn_state.update(k, &cs) != 0)
+        COUNT_ERR(ERR_CONN_FULL);
+}
+
+/* Drop a connection's state once nothing is left to translate: after a reset, or at a FIN on a
+ * connection the kernel never answered on (its deltas are zero). Connections with deltas keep
+ * their entry through the closing handshake; userspace deletes it once the socket is gone. */
+static __always_inline void forget_if_done(struct conn_key *k, struct conn_state *cs, struct pkt *p)
+{
+    if (p->tcp.rst || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
+        conn_state.delete(k);
+}
+
+/* The client has every byte of an answer that ends the connection: userspace may now close
+ * the socket, whose FIN then follows the answer. Not before: the kernel can resend a lost
+ * answer only while the socket has sent nothing after it. */
+static __always_inline void note_close_acked(struct pkt *p, struct conn_key *k, struct conn_state *cs)
+{
+    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING && p->tcp.ack &&
+        (__s32)(bpf_ntohl(p->tcp.ack_seq) - cs->srv_next) >= 0) {
+        cs->flags |= CONN_CLOSE_ACKED;
+        tell_close(k, CLOSE_NOW);
+    }
+}
+
+/* Our TSval (network order) for a segment answering one whose TSecr is `tsecr`. RFC 7323 section
+ * 5.3: the client drops a segment whose TSval is older than the newest it holds (PAWS). The
+ * request's TSecr echoes what the client held when it sent it, but the server socket may have
+ * sent a newer one since (a window update, the last segments of a userspace answer), which egress
+ * keeps in srv_tsval with the kernel's own. Neither is ahead of the server's clock, so the
+ * socket's later segments stay in order too. */
+static __always_inline __u32 our_tsval(struct conn_state *cs, __u32 tsecr)
+{
+    __u32 tsval = bpf_ntohl(tsecr);
+    if ((cs->flags & CONN_TS_SEEN) && (__s32)(cs->srv_tsval - tsval) > 0)
+        tsval = cs->srv_tsval;
+    cs->srv_tsval = tsval;
+    cs->flags |= CONN_TS_SEEN;
+    return bpf_htonl(tsval);
+}
+
+/* The kernel answered the request at req_seq (req_len bytes) with total bytes: the socket will
+ * never see either, so the deltas grow; last_* keep what a retransmitted request needs. */
+static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, __u32 req_len, __u32 total,
+                                          __u32 variant)
+{
+    cs->last_req_seq = req_seq;
+    cs->last_req_len = req_len;
+    cs->last_resp_len = total;
+    cs->delta_in += req_len;
+    cs->delta_out += total;
+    cs->next_seq = req_seq + req_len;
+    cs->srv_next += total;
+    cs->flags |= CONN_ANSWERED;
+    if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
+        cs->flags |= CONN_CLOSING;
+}
+
+/* Where the segment stands against the kernel's answers on the connection, for a request-bearing
+ * segment. Returns FS_CONTINUE if the kernel may answer it, FS_HOLD, or a pass reason. Undoes the
+ * last answer (*rolled_back = 1) when the segment says it was lost. */
+static __always_inline int sync_with_answers(struct pkt *p, struct conn_state *cs, int *rolled_back)
+{
+    __u32 seq = bpf_ntohl(p->tcp.seq), ack = bpf_ntohl(p->tcp.ack_seq);
+    /* The client retransmits a request the kernel answered, and has acknowledged none of the
+     * answer: the answer was lost. Undo it exactly (the server socket never saw either side), then
+     * answer afresh, with current bytes, or pass it on. Deltas are never counted twice. */
+    if ((cs->flags & CONN_ANSWERED) && seq == cs->last_req_seq && ack == cs->srv_next - cs->last_resp_len) {
+        cs->delta_in -= cs->last_req_len;
+        cs->delta_out -= cs->last_resp_len;
+        cs->next_seq = seq;
+        cs->srv_next -= cs->last_resp_len;
+        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING);
+        *rolled_back = 1;
+    }
+    /* New bytes while the client lacks part of the kernel's last answer (it pipelines, or that
+     * answer was lost): passed on, the socket would acknowledge them, and with them the request
+     * of the missing answer, which the client would then never send again; nobody would resend
+     * the answer. Dropped instead: the client sends them again once it has the answer. */
+    if ((cs->flags & CONN_ANSWERED) && (__s32)(ack - cs->srv_next) < 0 &&
+        (__s32)(seq + p->payload_len - cs->next_seq) > 0)
+        return FS_HOLD;
+    /* After an answer that ends the connection, nothing more is answered here (a client that
+     * sends more anyway meets the server socket, which userspace is closing). */
+    if (cs->flags & CONN_CLOSING)
+        return PASS_CLOSING;
+    /* In sync: the request starts where the previous one ended, and the client has every byte sent
+     * so far (so responses can never be reordered or lost silently). */
+    if (seq != cs->next_seq || ack != cs->srv_next)
+        return PASS_OUT_OF_SYNC;
+    return FS_CONTINUE;
+}
+
+/* A connection back from userspace may be answered on a segment whose acknowledgement of
+ * userspace's last bytes the server socket has not processed (it rode on this request, which the
+ * socket never sees). The socket would then retransmit bytes the client has, and take the
+ * connection back. So before the request becomes the answer, it is turned into the pure ACK the
+ * socket should have had (its own sequence space) and a clone is delivered to it. */
+static __always_inline void ack_the_socket(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs,
+                                           struct resp_hdrs *hp)
+{
+    __u32 thl = tcp_hdr_len(p->has_ts);
+    __builtin_memset(hp, 0, sizeof(*hp));          /* the caller's space: the stack is full */
+    hp->eth = p->eth;
+    ip_hdr(hp, p, 0, thl);
+    hp->tcp = p->tcp;
+    hp->tcp.seq = bpf_htonl(bpf_ntohl(p->tcp.seq) - cs->delta_in);
+    hp->tcp.ack_seq = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) - cs->delta_out);
+    hp->tcp.doff = thl / 4;
+    hp->tcp.psh = 0;
+    hp->tcp.check = 0;
+    if (p->has_ts)
+        write_ts_option(hp->ts, p->tsval, p->tsecr);
+    __u32 psum;
+    __u32 hsum = header_sum(hp, p->v6, p->has_ts, 0, &psum);
+    cs->flags &= ~CONN_SOCK_ACK;
+    if (bpf_skb_change_tail(skb, ETH_HLEN_ + ip_hlen(p) + thl, 0) < 0)
+        return;                                     /* the socket learns it from a later segment */
+    long err = store_hdrs(skb, hp, p->v6, p->has_ts);
+    if (err)
+        return;
+    store_tcp_csum(skb, ip_hlen(p), psum, hsum, 0, 0, NULL);
+    skb->mark = KERNEL_MARK;                        /* fs_ingress lets it through untouched */
+    bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
+    skb->mark = 0;
+}
+
+/* A segment of a connection whose multi-segment answer the client does not wholly have yet (or has
+ * just completed with this ACK). Returns FS_RESEND with answer_ctx set up, FS_HOLD, or FS_CONTINUE
+ * (the segment is handled as usual). */
+static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs)
+{
+    struct pkt *p = &ctx->p;
+    if (p->tcp.syn || p->tcp.rst || p->tcp.fin || !p->tcp.ack)
+        return FS_CONTINUE;                         /* the socket handles those (and acknowledges) */
+    __u32 ack = bpf_ntohl(p->tcp.ack_seq), seq = bpf_ntohl(p->tcp.seq);
+    __u32 total = cs->last_resp_len, start = cs->srv_next - total;
+    if ((__s32)(ack - start) < 0)
+        return FS_CONTINUE;                         /* from before the answer */
+    int whole = (__s32)(ack - cs->srv_next) >= 0;
+    int request_again = p->payload_len && seq == cs->last_req_seq;
+    if (whole) {
+        cs->flags &= ~CONN_UNACKED;
+        if (p->payload_len && !request_again)
+            return FS_CONTINUE;                     /* the next request acknowledges it all */
+    } else if (p->payload_len && !request_again) {
+        return FS_HOLD;                             /* a request behind the answer: it must wait */
+    }
+    __u32 seg = cs->seg_size;
+    if (!seg)
+        return FS_CONTINUE;
+    __u32 tsval = 0, tsecr = 0;
+    p->has_ts = find_ts(skb, p, &tsval, &tsecr);   /* any option layout (SACK blocks, ...) */
+    ctx->tsval = p->has_ts ? our_tsval(cs, tsecr) : 0;
+    ctx->tsecr = tsval;
+    ctx->seg_resend = 1;
+    if (whole) {
+        /* The client has the whole answer: acknowledge its request (again, if it sent it again
+         * because that ACK was lost). */
+        ctx->seg_off = total;
+        ctx->seg_end = total;
+        ctx->ack_seq = bpf_htonl(cs->next_seq);
+        return FS_RESEND;
+    }
+    __u32 from = (ack - start) / seg * seg;         /* the first segment it lacks */
+    ctx->ack_seq = bpf_htonl(cs->last_req_seq);     /* still not acknowledging the request */
+    ctx->seg_off = from;
+    if (request_again) {
+        ctx->seg_end = total;                       /* everything from there */
+        return FS_RESEND;
+    }
+    /* A duplicate ACK with SACK blocks: the client holds data beyond a hole at ack. Send that one
+     * segment once per hole; a lost resend is recovered when the client sends the request again. */
+    if (ack != cs->fast_ack && has_sack(skb, p)) {
+        cs->fast_ack = ack;
+        ctx->seg_end = from + seg < total ? from + seg : total;
+        return FS_RESEND;
+    }
+    /* Progress. Kept from the socket: it has nothing outstanding, and it may answer an ACK from
+     * before its own snd_una with an ACK of its own, which would acknowledge the request. */
+    return FS_HOLD;
+}
+
+/* A connection that went to userspace comes back once userspace has answered everything it read
+ * and the client has acknowledged every byte of it: then nothing the server socket owes can come
+ * after a kernel answer (browsers reuse connections: one cold request must not pin one for good).
+ * Userspace records in user_idle how many bytes it had read and written when it last had nothing
+ * left to do. The socket itself (bpf_tcp_sock) says how many it has received; this segment's
+ * acknowledgement (it usually rides on the next request) must cover every byte userspace wrote,
+ * which also proves none is still queued in the socket. The socket's rcv_nxt and snd_nxt then
+ * re-anchor the kernel's view of both streams. */
+static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, struct conn_key *k,
+                                          struct conn_state *cs)
+{
+    struct user_idle *idle = user_idle.lookup(k);
+    if (!idle)
+        return 0;
+    __u32 ack = bpf_ntohl(p->tcp.ack_seq) - cs->delta_out;   /* in the socket's sequence space */
+    if (ack != cs->srv_isn1 + (__u32)idle->written)
+        return 0;
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk = lookup_server_socket(skb, p, &t);
+    if (!sk)
+        return 0;
+    int back = 0;
+    struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+    /* The socket must also have processed every segment before this one (one can wait in its
+     * backlog while the socket is busy): this request must start exactly at its rcv_nxt. */
+    __u32 seq = bpf_ntohl(p->tcp.seq) - cs->delta_in;
+    if (tp && sk->state == BPF_TCP_ESTABLISHED && tp->bytes_received == idle->consumed && tp->snd_nxt == ack &&
+        tp->rcv_nxt == seq) {
+        cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands (= this seq) */
+        cs->srv_next = tp->snd_nxt + cs->delta_out;
+        cs->flags &= ~(CONN_USER | CONN_ANSWERED);     /* (the last kernel answer is no longer undoable) */
+        if (tp->snd_una != ack)
+            cs->flags |= CONN_SOCK_ACK;
+        back = 1;
+    }
+    bpf_sk_release(sk);
+    if (back) {
+        user_idle.delete(k);
+        COUNT(returns);
+    }
+    return back;
+}
