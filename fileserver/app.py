@@ -37,6 +37,19 @@ def handler_limits(config: Config) -> dict[str, Any]:
     }
 
 
+# What the handler below relies on in aiohttp's RequestHandler (and its BaseProtocol) beyond the
+# documented API: private state it reads or sets, and internal methods it overrides. pyproject.toml
+# pins the aiohttp minor versions these were checked against; tests/unit/test_aiohttp_internals.py
+# fails, naming the member, if one is gone (and if one of our own names shadows one of aiohttp's).
+AIOHTTP_HANDLER_INTERNALS = (
+    "_close", "_force_close", "_keepalive", "_keepalive_handle", "_keepalive_timeout", "_loop", "_manager",
+    "_messages", "_next_keepalive_close_time", "_process_keepalive", "_request_count", "_request_in_progress",
+    "_waiter", "finish_response",
+)
+# ... and in web.Server (HttpServer below).
+AIOHTTP_SERVER_INTERNALS = ("_kwargs", "_loop")
+
+
 class _RequestHandler(web.RequestHandler):
     """aiohttp's handler of one connection, plus:
     - at most max_connections open: more are answered 503 and closed;
