@@ -35,7 +35,7 @@ else
     fi
 
     # bcc needs kernel headers. Network programs only need UAPI headers, so Debian's generic headers
-    # work when /lib/modules/$(uname -r)/{build,source} point at them (DESIGN.md section 5).
+    # work when /lib/modules/$(uname -r)/{build,source} point at them (DESIGN.md section 7).
     mod="/lib/modules/$(uname -r)"
     if [ -e "$mod/build/include/linux/kconfig.h" ] || [ -e "$mod/source/include/linux/kconfig.h" ]; then
         say "kernel headers for $(uname -r) found"
