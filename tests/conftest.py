@@ -21,6 +21,18 @@ SITE_FILES = {
 }
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What a test recorded with record_property("summary", ...), such as the counts of the
+    differential fuzz run, after the results."""
+    seen = set()
+    for category in ("passed", "failed"):
+        for report in terminalreporter.getreports(category):
+            for name, value in report.user_properties:
+                if name == "summary" and report.nodeid not in seen:
+                    seen.add(report.nodeid)
+                    terminalreporter.write_line(f"{report.nodeid}: {value}")
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A small document root with known bytes."""
