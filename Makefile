@@ -47,4 +47,4 @@ bench: setup
 # The parser's differential fuzz run, longer than the one in `make test` (FUZZ_CASES, FUZZ_SEED). The
 # test sets its own timeout from FUZZ_CASES and ends with how many cases ran and the kernel answered.
 fuzz: setup
-	FUZZ_CASES=$${FUZZ_CASES:-20000} $(PY) -m pytest -q tests/test_parser_differential.py
+	FUZZ_CASES=$${FUZZ_CASES:-20000} $(PY) -m pytest -q tests/kernel/test_parser_differential.py

@@ -49,7 +49,7 @@ def test_date_slots_match_the_header_blocks() -> None:
     assert NM_DATE_OFFSET == abi.NM_DATE_SLOT_OFFSET + 1
     assert abi.DATE_SLOT_OFFSET == DATE_OFFSET - 1 and abi.DATE_SLOT_LEN == DATE_LEN + 3
     assert abi.DATE_SLOT_OFFSET % 2 == 0 and abi.NM_DATE_SLOT_OFFSET % 2 == 0  # 16-bit aligned for the sums
-    # (that these agree with bpf/ is tests/test_abi.py's business)
+    # (that these agree with bpf/ is tests/unit/test_abi.py's business)
 
 
 def test_addresses_take_conn_keys_form() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential import base_request, head_marks, llhttp, mutate
+from tests.kernel.differential import base_request, head_marks, llhttp, mutate
 from tests.conftest import SITE_FILES
 from tests.support import NetNS, body_of
 

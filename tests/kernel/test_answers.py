@@ -225,7 +225,7 @@ def test_request_before_the_handshake_completes_passes(veth, site: Path) -> None
     its request, but the server socket is not established. The kernel does not answer for it: the
     request passes (handshake), its ACK completes the handshake, userspace answers, and the
     connection then comes back to the kernel. IPv4 and IPv6."""
-    from tests.lossy import Dropper
+    from tests.kernel.lossy import Dropper
 
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, "--bind", "0.0.0.0,::")
     try:
@@ -430,7 +430,7 @@ def closing_fetches(ns: NetNS, host: str, n: int) -> None:
 @contextlib.contextmanager
 def lossy_veth(veth, site: Path, *args: str, drop: set[int] = frozenset(), **loss: object) -> Iterator[tuple[Server, object]]:  # type: ignore[no-untyped-def]
     """A server (with args) on the veth pair's server side and the test-only dropper on the client side."""
-    from tests.lossy import Dropper
+    from tests.kernel.lossy import Dropper
 
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, *args)
     dropper = Dropper(veth.client, veth.client_if, 8080, drop, **loss)  # type: ignore[arg-type]
