@@ -91,6 +91,11 @@ def _setns_fd(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "setns failed")
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, its output captured."""
+    return subprocess.run([sys.executable, "-m", "fileserver", *args], capture_output=True, text=True, env=env, timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,81 @@
+"""What the kernel path tests share: TCP health checks, requests in every variant, lossy links."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.conftest import SITE_FILES
+from tests.support import (
+    NetNS,
+    RawClient,
+    Server,
+    body_of,
+    nstat,
+)
+
+
+def assert_no_tcp_trouble(ns: NetNS, resets_allowed: bool = False) -> None:
+    """Counters that a sequence-translation or checksum mistake would move. Load generators reset
+    their own connections when they stop, so those runs allow resets (a userspace-only run shows
+    the same)."""
+    s = nstat(ns)
+    for name in ("TcpInCsumErrors", "TcpExtTCPChallengeACK", "TcpExtPAWSEstab", "TcpExtTCPACKSkippedSeq",
+                 "TcpExtTCPACKSkippedChallenge", "TcpExtTCPSACKDiscard", "TcpExtTCPDSACKIgnoredNoUndo"):
+        assert s.get(name, 0) == 0, (name, s.get(name))
+    if not resets_allowed:
+        nonzero = {k: v for k, v in s.items() if v and k.startswith(("Tcp", "TcpExt"))}
+        assert s.get("TcpEstabResets", 0) == 0 and s.get("TcpOutRsts", 0) == 0, nonzero
+
+
+VARIANT_REQUESTS = {
+    "1.1 close": (b"GET /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True),
+    "1.0": (b"GET /style.css HTTP/1.0\r\n\r\n", True),
+    "1.0 close": (b"GET /style.css HTTP/1.0\r\nConnection: Close\r\n\r\n", True),
+    "1.0 keep-alive": (b"GET /style.css HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", False),
+    "1.0 HEAD": (b"HEAD /style.css HTTP/1.0\r\n\r\n", True),
+    "1.1 HEAD close": (b"HEAD /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True),
+    "1.0 304 keep-alive": (b"GET /style.css HTTP/1.0\r\nConnection: keep-alive\r\nIf-None-Match: ETAG\r\n\r\n", False),
+    "1.1 304 close": (b"GET /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: ETAG\r\nConnection: close\r\n\r\n", True),
+}
+
+
+def exchange(ns: NetNS, request: bytes, port: int = 8080, host: str = "127.0.0.1") -> tuple[bytes, bool]:
+    """Send one request on a fresh connection; the bytes until the response is complete, and
+    whether the server then closed the connection (within 2 s)."""
+    c = RawClient(ns, host=host, port=port)
+    c.send(request)
+    resp = c.read_response(head_only=request.startswith(b"HEAD"))
+    c.sock.settimeout(2)
+    try:
+        closed = c.sock.recv(1) == b""
+    except TimeoutError:
+        closed = False
+    c.close()
+    return resp, closed
+
+
+def closing_fetches(ns: NetNS, host: str, n: int) -> None:
+    """n requests for large.bin with Connection: close, each on its own connection: the whole
+    answer, byte-exact, then the server's close."""
+    for i in range(n):
+        c = RawClient(ns, host=host, timeout=20)
+        c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert body_of(c.read_response()) == SITE_FILES["large.bin"], i
+        assert c.sock.recv(1) == b"", i
+        c.close()
+
+
+@contextlib.contextmanager
+def lossy_veth(veth, site: Path, *args: str, drop: set[int] = frozenset(), **loss: object) -> Iterator[tuple[Server, object]]:  # type: ignore[no-untyped-def]
+    """A server (with args) on the veth pair's server side and the test-only dropper on the client side."""
+    from tests.kernel.lossy import Dropper
+
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, *args)
+    dropper = Dropper(veth.client, veth.client_if, 8080, drop, **loss)  # type: ignore[arg-type]
+    try:
+        yield srv, dropper
+    finally:
+        dropper.close()
+        srv.stop()

@@ -1,0 +1,121 @@
+"""Answers that end their connection (Connection: close, HTTP/1.0), also under loss, and connections
+handed back from userspace to the kernel."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SITE_FILES
+from tests.kernel.kernel_path import VARIANT_REQUESTS, assert_no_tcp_trouble, exchange, lossy_veth
+from tests.support import (
+    NetNS,
+    RawClient,
+    body_of,
+    nstat,
+    split_response,
+    without_date,
+)
+
+
+def test_close_and_http10_variants_answered_by_kernel_like_userspace(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Connection: close and HTTP/1.0 (with and without keep-alive) in the kernel: the same bytes as
+    userspace sends, and the connection closes (or stays) as it would with userspace."""
+    kernel_srv = server_factory(site, "--hot-after", "0")
+    etag = split_response(RawClient(netns).get("/style.css"))[1]["etag"]
+    requests = {k: (r.replace(b"ETAG", etag.encode()), close) for k, (r, close) in VARIANT_REQUESTS.items()}
+    from_kernel = {}
+    for name, (request, _) in requests.items():
+        hits = kernel_srv.kernel_hits()
+        from_kernel[name] = exchange(netns, request)
+        assert kernel_srv.kernel_hits() == hits + 1, name
+    assert kernel_srv.user_hits() == 0
+    assert_no_tcp_trouble(netns)
+    kernel_srv.stop()
+    user_srv = server_factory(site, "--no-kernel-cache", expect_kernel=False)
+    for name, (request, close) in requests.items():
+        resp, closed = exchange(netns, request)
+        assert without_date(from_kernel[name][0]) == without_date(resp), name
+        assert from_kernel[name][1] == closed == close, name
+    assert user_srv.user_hits() == len(requests)
+
+
+@pytest.mark.parametrize("loss", [{"every": 6}, {"share": 1 / 6, "seed": 7}], ids=["every-6th", "random-1-in-6"])
+def test_closing_answers_survive_loss(veth, site: Path, loss: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """A hundred requests whose answers end or keep their connection (HTTP/1.0, Connection: close,
+    HTTP/1.0 keep-alive, keep-alive then close), with server->client data segments dropped: every
+    answer arrives complete and byte-exact, each connection closes when it should, in bounded time."""
+    with lossy_veth(veth, site, **loss) as (srv, dropper):  # type: ignore[arg-type]
+        start = time.monotonic()
+        for i in range(25):
+            for request, closes in ((b"GET /hot.txt HTTP/1.0\r\n\r\n", True),
+                                    (b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True)):
+                c = RawClient(veth.client, host="10.77.0.1", timeout=20)
+                c.send(request)
+                assert body_of(c.read_response()) == SITE_FILES["hot.txt"], (i, request)
+                c.sock.settimeout(20)
+                assert c.sock.recv(1) == b"", (i, request)  # the server closed it
+                c.close()
+            c = RawClient(veth.client, host="10.77.0.1", timeout=20)
+            for _ in range(2):
+                c.send(b"GET /style.css HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                assert body_of(c.read_response()) == SITE_FILES["style.css"]
+            assert body_of(c.get("/hot.txt", "Connection: close\r\n")) == SITE_FILES["hot.txt"]
+            c.sock.settimeout(20)
+            assert c.sock.recv(1) == b""
+            c.close()
+        elapsed = time.monotonic() - start
+        seen, dropped = dropper.stats()
+        assert dropped >= 10, (seen, dropped)
+        m = srv.metrics()
+        assert m["fileserver_requests_total{path=kernel}"] >= 125 and m["fileserver_kernel_retransmits_total"] >= 10
+        assert elapsed < 60, elapsed
+        time.sleep(1)
+        states = veth.server.run("ss", "-tanH", "sport", "= :8080").stdout.split()
+        assert not {"CLOSE-WAIT", "LAST-ACK", "FIN-WAIT-1", "FIN-WAIT-2", "CLOSING"} & set(states), states[:20]
+
+
+def test_connection_returns_to_kernel_after_userspace(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A connection that went to userspace comes back once userspace has answered all it read and
+    the client has it all; responses never change order on the way."""
+    srv = server_factory(site, "--hot-after", "0")
+    c = RawClient(netns)
+    # Userspace says it is done only after writing; a client on loopback can be quicker than that,
+    # so wait a moment before each request that should come back (a network's round trip does).
+    assert c.get("/nope").startswith(b"HTTP/1.1 404")  # a miss: userspace
+    time.sleep(0.05)
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]  # back in the kernel
+    assert (srv.user_hits(), srv.kernel_hits()) == (1, 1)
+    assert body_of(c.get("/big.bin")) == SITE_FILES["big.bin"]  # sendfile, many segments
+    time.sleep(0.05)
+    for path in ("/style.css", "/hot.txt"):
+        assert body_of(c.get(path)) == SITE_FILES[path[1:]]
+    assert (srv.user_hits(), srv.kernel_hits()) == (2, 3)
+    assert srv.metrics()["fileserver_kernel_returns_total"] == 2
+    # A miss and a hit pipelined in one segment: both to userspace, in order.
+    c.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert c.read_response().startswith(b"HTTP/1.1 404")
+    assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+    # ... and in consecutive segments: a hit sent before a userspace answer came stays behind it.
+    # (The client's stack may hold the second segment until the first answer has arrived; the
+    # kernel may then answer it, in order: only the order and the bytes are certain.)
+    for _ in range(20):
+        c.send(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert body_of(c.read_response()) == SITE_FILES["big.bin"]
+        assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+    time.sleep(0.05)
+    kernel = srv.kernel_hits()
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    assert srv.kernel_hits() == kernel + 1
+    m = srv.metrics()
+    assert m["fileserver_requests_total{path=user}"] + m["fileserver_requests_total{path=kernel}"] == 48
+    assert m["fileserver_requests_total{path=user}"] >= 24  # the misses, the sendfiles, the pipelined pair
+    assert_no_tcp_trouble(netns)
+    # Nothing is lost on loopback: a retransmission would mean the server socket missed an ACK that
+    # rode on a request the kernel answered (the kernel hands it over before answering).
+    s = nstat(netns)
+    print("NSTAT", {k: v for k, v in s.items() if v and k.startswith("TcpExt")}, {k: v for k, v in srv.metrics().items() if v and "kernel" in k})
+    assert s.get("TcpRetransSegs", 0) == 0, {k: v for k, v in s.items() if v and k.startswith("TcpExt")}
