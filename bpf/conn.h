@@ -20,13 +20,36 @@ static __always_inline void new_connection(struct pkt *p, struct conn_key *k, st
         COUNT_ERR(ERR_CONN_FULL);
 }
 
-/* Drop a connection's state once nothing is left to translate: after a reset, or at a FIN on a
- * connection the kernel never answered on (its deltas are zero). Connections with deltas keep
- * their entry through the closing handshake; userspace deletes it once the socket is gone. */
-static __always_inline void forget_if_done(struct conn_key *k, struct conn_state *cs, struct pkt *p)
+/* Drop a connection's state once nothing is left to translate: after the server socket's own
+ * reset (from_socket: seen on egress), or at a FIN on a connection the kernel never answered on
+ * (its deltas are zero: nothing to translate, whoever sent it). Connections with deltas keep their
+ * entry through the closing handshake; userspace deletes it once the socket is gone.
+ * A reset from the client's side changes nothing here: it may be blind (RFC 5961 section 3: a
+ * guessed sequence number), and then the socket drops it or answers with a challenge ACK and the
+ * connection goes on, translated. One the socket accepts ends the socket, and the collector in
+ * userspace (conn_gc.py) removes the entry with it. */
+static __always_inline void forget_if_done(struct conn_key *k, struct conn_state *cs, struct pkt *p, int from_socket)
 {
-    if (p->tcp.rst || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
+    if ((p->tcp.rst && from_socket) || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
         conn_state.delete(k);
+}
+
+/* Is this SYN for a connection that is up? Then it is blind or stale: RFC 5961 section 4 (Linux's
+ * tcp_validate_incoming) has the socket answer any SYN on a synchronized connection with a
+ * challenge ACK and change nothing, so the connection's state stays too. Only a SYN that opens a
+ * connection (no state yet; or the lookup finds the listener, as for a handshake in progress, or
+ * no full socket, as after TIME_WAIT) starts its state afresh. */
+static __always_inline int syn_on_live_connection(struct __sk_buff *skb, struct pkt *p, struct conn_key *k,
+                                                  struct bpf_sock_tuple *t)
+{
+    if (!conn_state.lookup(k))
+        return 0;
+    struct bpf_sock *sk = lookup_server_socket(skb, p, t);
+    if (!sk)
+        return 0;
+    int live = sk->state != BPF_TCP_LISTEN;
+    bpf_sk_release(sk);
+    return live;
 }
 
 /* The client has every byte of an answer that ends the connection: userspace may now close

@@ -52,6 +52,6 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
     if (p->payload_len || p->tcp.fin)
         cs->flags |= CONN_USER;
     xlate_out(skb, p, cs);
-    forget_if_done(k, cs, p);
+    forget_if_done(k, cs, p, 1);
     return FS_PASS;
 }

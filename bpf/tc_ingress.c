@@ -105,7 +105,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     count_if(skb, 0);
     conn_key_of(k, p, 1);
     if (p->tcp.syn) {
-        if (!p->tcp.ack)
+        if (!p->tcp.ack && !syn_on_live_connection(skb, p, k, &ctx->tuple))
             new_connection(p, k, skb);
         return FS_PASS;
     }
@@ -141,7 +141,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         r = PASS_TOO_LONG;
     }
     int passed = finish_pass(skb, p, cs, r, rolled_back);
-    forget_if_done(k, cs, p);
+    forget_if_done(k, cs, p, 0);
     return passed;
 }
 

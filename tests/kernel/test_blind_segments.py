@@ -1,0 +1,75 @@
+"""Blind RST and SYN segments (RFC 5961) on a keep-alive connection the kernel has answered on.
+
+An off-path attacker, or a confused middlebox, sends a reset or a SYN with a sequence number it
+guessed. A plain socket ignores it, or answers with a challenge ACK (RFC 5961 sections 3.2 and
+4.2), and the connection goes on. The kernel path must survive it the same way: its translation
+state may change only on segments the socket itself accepts. Each case runs against
+--no-kernel-cache too, on the same topology: the baseline it must match.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SITE_FILES
+from tests.support import NetNS, RawClient, body_of, nstat
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tcp_segment(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
+    """A bare TCP header (no options, no payload) with a correct checksum."""
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(hdr))
+    return hdr[:16] + struct.pack("!H", _checksum(pseudo + hdr)) + hdr[18:]
+
+
+def inject(ns: NetNS, segment: bytes, dst: str) -> None:
+    """Send a TCP segment from inside ns as if from the client (the kernel adds the IP header)."""
+    with ns.entered():
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    try:
+        s.sendto(segment, (dst, 0))
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+@pytest.mark.parametrize("flags", [RST, RST | ACK, SYN], ids=["rst", "rst-ack", "syn"])
+def test_blind_segment_leaves_the_connection_working(netns: NetNS, site: Path, server_factory,  # type: ignore[no-untyped-def]
+                                                     kernel: bool, flags: int) -> None:
+    srv = server_factory(site, "--hot-after", "0", *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
+    c = RawClient(netns)
+    for _ in range(2):
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    (src, sport), (dst, dport) = c.sock.getsockname(), c.sock.getpeername()
+    before = srv.kernel_hits()
+    assert before == (2 if kernel else 0)
+    rng = random.Random(flags)  # seeded: the same "guesses" every run
+    for _ in range(8):
+        seq, ack = rng.getrandbits(32), rng.getrandbits(32)
+        inject(netns, tcp_segment(src, dst, sport, dport, seq, ack, flags), dst)
+    time.sleep(0.3)
+    for _ in range(3):  # the connection goes on: same bytes, and still from the kernel
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    assert srv.kernel_hits() == before + (3 if kernel else 0)
+    assert body_of(c.get("/style.css")) == SITE_FILES["style.css"]
+    c.close()
+    counters = nstat(netns)
+    assert counters.get("TcpExtTCPAbortOnData", 0) == 0, counters
+    assert counters.get("TcpEstabResets", 0) == 0, counters
