@@ -57,7 +57,7 @@
 /* The request is scanned in windows of PARSE_WINDOW bytes, one tail-called program each. */
 #define PARSE_WINDOW 512
 #define NR_PARSE_STAGES (MAX_REQ / PARSE_WINDOW)
-/* Slots of the progs tail-call array (fileserver/datapath.py fills them): the parse stages, one
+/* Slots of the progs tail-call array (fileserver/bpf_build.py fills them): the parse stages, one
  * sender per size class, one segment sender per size class. */
 #define PROG_PARSE0 0
 #define PROG_SEND0 NR_PARSE_STAGES

@@ -1,4 +1,4 @@
-/* The compilation unit bcc builds. fileserver/datapath.py expands the local includes into one text
+/* The compilation unit bcc builds. fileserver/bpf_build.py expands the local includes into one text
  * (bcc rewrites map calls only in its main file) and passes settings as -D flags.
  *
  * Where things are: consts.h (bounds), reasons.h (pass reasons, mirrored in Python), results.h

@@ -1,5 +1,5 @@
 /* The compilation unit that only creates the maps (see maps.h): built once per process by
- * fileserver/datapath.py, which keeps it open for as long as any program build uses the maps. */
+ * fileserver/maps.py, which keeps it open for as long as any program build uses the maps. */
 #define FS_MAPS_ONLY 1
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>

@@ -1,4 +1,4 @@
-/* Maps. Names are what `bpftool map list` shows and what fileserver/datapath.py opens.
+/* Maps. Names are what `bpftool map list` shows and what fileserver/maps.py opens.
  *
  * The maps outlive any one set of programs: maps.c creates them once per process and exports them
  * (bcc's "maps/export"), and every program build (main.c, at start and again on each SIGHUP reload)
@@ -8,7 +8,7 @@
 #pragma once
 #include "structs.h"
 
-/* Every name below is a macro argument, so that datapath.py can give a second map set in one
+/* Every name below is a macro argument, so that bpf_build.py can give a second map set in one
  * process names of its own by renaming the tokens (struct and export names follow). */
 #ifdef FS_MAPS_ONLY
 #define FS_EXPORT(_name) __attribute__((section("maps/export"))) struct _name##_table_t __##_name

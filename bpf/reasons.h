@@ -1,5 +1,5 @@
 /* Why a request-bearing segment was passed to userspace, and kernel-path errors.
- * Mirrored in fileserver/reasons.py (a test checks the two agree): keep the order.
+ * Mirrored in fileserver/abi.py (tests/unit/test_abi.py checks the two agree): keep the order.
  * Pass reasons are data, never control flow: internal results live in results.h, below zero. */
 #pragma once
 

@@ -1,4 +1,4 @@
-/* Structures of the maps (fileserver/datapath.py reads them via bcc) and of the programs. */
+/* Structures of the maps (fileserver/maps.py and conns.py read them via bcc) and of the programs. */
 #pragma once
 #include "consts.h"
 #include "reasons.h"

@@ -65,8 +65,8 @@ class KernelError(enum.IntEnum):
 
 # -- counters (struct counters, struct if_counters) ----------------------------------------------
 
-# The scalar fields of struct counters, in order; then `pass[NR_PASS_REASONS]` and
-# `errors[NR_KERNEL_ERRORS]`, indexed by PassReason and KernelError.
+# The scalar fields of struct counters, in order; then `pass[PASS_SLOTS]` and
+# `errors[ERROR_SLOTS]`, indexed by PassReason and KernelError.
 COUNTER_FIELDS = ("hits", "hit_bytes", "retransmits", "xlate_in", "xlate_out", "csum_partial", "csum_full",
                   "sack_blanked", "returns", "segments", "resent", "acks", "held")
 COUNTER_ARRAYS = ("pass", "errors")

@@ -10,7 +10,7 @@ from fileserver.abi import CLASS_DATA, NM_REGION
 
 # Largest response a cache entry holds: the largest size class (32 KiB less the map element's
 # overhead and the entry's header) less its 304 answer. The kernel sends it in segments of at
-# most one skb (bpf_skb_change_tail stops at 16,064 bytes; DESIGN.md section 3) and the link's MTU.
+# most one skb (bpf_skb_change_tail stops at 16,064 bytes; DESIGN.md section 7) and the link's MTU.
 KERNEL_MAX_RESPONSE = CLASS_DATA[-1] - NM_REGION
 
 

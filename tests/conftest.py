@@ -79,7 +79,7 @@ def tool() -> object:
 
 
 class VethPair:
-    """Two namespaces joined by a veth pair: server 10.77.0.1 and fd77::1, client 10.77.0.2 and fd77::2,
+    """Two namespaces joined by a veth pair: server 192.0.2.1 and 2001:db8:77::1, client 192.0.2.2 and 2001:db8:77::2,
     full checksums."""
 
     def __init__(self) -> None:
@@ -94,11 +94,11 @@ class VethPair:
         self.server_if, self.client_if = f"vs{n}", f"vc{n}"
         subprocess.run(["ip", "link", "add", self.server_if, "netns", self.server.name, "type", "veth", "peer",
                         "name", self.client_if, "netns", self.client.name], check=True)
-        self.server.run("ip", "addr", "add", "10.77.0.1/24", "dev", self.server_if)
-        self.client.run("ip", "addr", "add", "10.77.0.2/24", "dev", self.client_if)
+        self.server.run("ip", "addr", "add", "192.0.2.1/24", "dev", self.server_if)
+        self.client.run("ip", "addr", "add", "192.0.2.2/24", "dev", self.client_if)
         # and IPv6 (no duplicate address detection: usable at once)
-        self.server.run("ip", "addr", "add", "fd77::1/64", "dev", self.server_if, "nodad")
-        self.client.run("ip", "addr", "add", "fd77::2/64", "dev", self.client_if, "nodad")
+        self.server.run("ip", "addr", "add", "2001:db8:77::1/64", "dev", self.server_if, "nodad")
+        self.client.run("ip", "addr", "add", "2001:db8:77::2/64", "dev", self.client_if, "nodad")
         for ns, dev in ((self.server, self.server_if), (self.client, self.client_if)):
             ns.run("ip", "link", "set", dev, "up")
             ns.run(ethtool, "-K", dev, "tx", "off")  # full checksums: CHECKSUM_PARTIAL hides bugs

@@ -157,7 +157,7 @@ def test_request_before_the_handshake_completes_passes(veth, site: Path) -> None
 
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, "--bind", "0.0.0.0,::")
     try:
-        for n, host in enumerate(("10.77.0.1", "fd77::1"), 1):
+        for n, host in enumerate(("192.0.2.1", "2001:db8:77::1"), 1):
             dropper = Dropper(veth.client, veth.client_if, drop={1}, dport=8080, egress=True, pure_acks=True)
             try:
                 c = RawClient(veth.client, host=host)

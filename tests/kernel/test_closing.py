@@ -52,13 +52,13 @@ def test_closing_answers_survive_loss(veth, site: Path, loss: dict[str, float]) 
         for i in range(25):
             for request, closes in ((b"GET /hot.txt HTTP/1.0\r\n\r\n", True),
                                     (b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True)):
-                c = RawClient(veth.client, host="10.77.0.1", timeout=20)
+                c = RawClient(veth.client, host="192.0.2.1", timeout=20)
                 c.send(request)
                 assert body_of(c.read_response()) == SITE_FILES["hot.txt"], (i, request)
                 c.sock.settimeout(20)
                 assert c.sock.recv(1) == b"", (i, request)  # the server closed it
                 c.close()
-            c = RawClient(veth.client, host="10.77.0.1", timeout=20)
+            c = RawClient(veth.client, host="192.0.2.1", timeout=20)
             for _ in range(2):
                 c.send(b"GET /style.css HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 assert body_of(c.read_response()) == SITE_FILES["style.css"]

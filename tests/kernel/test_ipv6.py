@@ -66,12 +66,12 @@ def test_ipv6_on_a_veth_with_full_checksums(veth, site: Path) -> None:  # type: 
     multi-segment answers, keep-alive and closing, all from the kernel."""
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, "--bind", "::")
     try:
-        c = RawClient(veth.client, host="fd77::1", nodelay=False)
+        c = RawClient(veth.client, host="2001:db8:77::1", nodelay=False)
         for _ in range(3):
             for path in ("/hot.txt", "/mid.bin", "/large.bin", "/style.css"):
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]]
         c.close()
-        c = RawClient(veth.client, host="fd77::1")
+        c = RawClient(veth.client, host="2001:db8:77::1")
         c.send(b"GET /large.bin HTTP/1.0\r\n\r\n")
         assert body_of(c.read_response()) == SITE_FILES["large.bin"]
         assert c.sock.recv(1) == b""
@@ -91,12 +91,12 @@ def test_ipv6_answers_survive_loss(veth, site: Path) -> None:  # type: ignore[no
     """The loss recovery of multi-segment answers over IPv6: a seeded 1 in 6 of the server's data
     segments dropped, keep-alive and closing, byte-exact."""
     with lossy_veth(veth, site, "--bind", "::", share=1 / 6, seed=11) as (srv, dropper):
-        c = RawClient(veth.client, host="fd77::1", timeout=20, nodelay=False)
+        c = RawClient(veth.client, host="2001:db8:77::1", timeout=20, nodelay=False)
         for i in range(20):
             for path in ("/large.bin", "/hot.txt"):
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]], (i, path)
         c.close()
-        closing_fetches(veth.client, "fd77::1", 5)
+        closing_fetches(veth.client, "2001:db8:77::1", 5)
         m = srv.metrics()
         assert m["fileserver_requests_total{path=kernel}"] == 45 and m["fileserver_requests_total{path=user}"] == 0
         assert dropper.stats()[1] >= 20 and m["fileserver_kernel_segments_total{kind=resent}"] >= 1

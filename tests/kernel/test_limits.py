@@ -28,13 +28,13 @@ def test_full_connection_table_sends_new_connections_to_userspace(netns: NetNS, 
 def test_mtu_change_at_run_time(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
     try:
-        c = RawClient(veth.client, host="10.77.0.1")
+        c = RawClient(veth.client, host="192.0.2.1")
         assert body_of(c.get("/style.css")) == SITE_FILES["style.css"]  # ~700 bytes: fits 1500
         assert srv.kernel_hits() == 1
         for ns, dev in ((veth.server, veth.server_if), (veth.client, veth.client_if)):
             ns.run("ip", "link", "set", dev, "mtu", "600")
         time.sleep(1.5)  # the maintenance thread notices within a second
-        c2 = RawClient(veth.client, host="10.77.0.1")
+        c2 = RawClient(veth.client, host="192.0.2.1")
         assert body_of(c2.get("/style.css")) == SITE_FILES["style.css"]  # now two segments of 548 bytes
         assert body_of(c2.get("/hot.txt")) == SITE_FILES["hot.txt"]
         m = srv.metrics()
@@ -48,7 +48,7 @@ def test_mtu_change_at_run_time(veth, site: Path) -> None:  # type: ignore[no-un
 def test_interface_down_and_up(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
     try:
-        c = RawClient(veth.client, host="10.77.0.1")
+        c = RawClient(veth.client, host="192.0.2.1")
         assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
         veth.server.run("ip", "link", "set", veth.server_if, "down")
         time.sleep(0.5)

@@ -138,7 +138,7 @@ def test_reload_attaches_and_detaches_interfaces(veth, site: Path, tmp_path: Pat
         assert "fileserver:8080" in tc_filters(veth.server, veth.server_if)
         assert "fileserver" not in tc_filters(veth.server, "lo")
         hits = srv.kernel_hits()
-        c = RawClient(veth.client, host="10.77.0.1")
+        c = RawClient(veth.client, host="192.0.2.1")
         assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
         assert srv.kernel_hits() == hits + 1  # answered on the new interface
     finally:

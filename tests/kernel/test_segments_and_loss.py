@@ -17,7 +17,7 @@ def test_veth_with_full_checksums(veth, site: Path) -> None:  # type: ignore[no-
     srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
     try:
         for _ in range(10):
-            c = RawClient(veth.client, host="10.77.0.1")
+            c = RawClient(veth.client, host="192.0.2.1")
             for path in ("/hot.txt", "/style.css", "/hot.txt"):
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]]
             c.close()
@@ -27,7 +27,7 @@ def test_veth_with_full_checksums(veth, site: Path) -> None:  # type: ignore[no-
         assert_no_tcp_trouble(veth.client)
         # mid.bin and large.bin do not fit a 1500-byte frame: the kernel sends them in several
         # segments, with full checksums the client verifies
-        c = RawClient(veth.client, host="10.77.0.1")
+        c = RawClient(veth.client, host="192.0.2.1")
         for path in ("/mid.bin", "/large.bin", "/hot.txt", "/large.bin"):
             assert body_of(c.get(path)) == SITE_FILES[path[1:]]
         m = srv.metrics()
@@ -48,24 +48,24 @@ def test_multi_segment_answers(veth, site: Path, tmp_path: Path) -> None:  # typ
     large = SITE_FILES["large.bin"]
     try:
         for nodelay in (True, False):  # a client that leaves Nagle on waits for each request's ACK
-            c = RawClient(veth.client, host="10.77.0.1", nodelay=nodelay)
+            c = RawClient(veth.client, host="192.0.2.1", nodelay=nodelay)
             for _ in range(5):
                 for path in ("/large.bin", "/mid.bin", "/hot.txt", "/xl.bin"):  # xl.bin: 21 segments
                     assert body_of(c.get(path)) == SITE_FILES[path[1:]]
             c.close()
         got = [tmp_path / "1", tmp_path / "2"]  # curl fetches both on one connection
-        veth.client.run("curl", "-sf", "-o", str(got[0]), "http://10.77.0.1:8080/large.bin",
-                        "-o", str(got[1]), "http://10.77.0.1:8080/large.bin")
+        veth.client.run("curl", "-sf", "-o", str(got[0]), "http://192.0.2.1:8080/large.bin",
+                        "-o", str(got[1]), "http://192.0.2.1:8080/large.bin")
         assert got[0].read_bytes() == large and got[1].read_bytes() == large
         for request in (b"GET /large.bin HTTP/1.0\r\n\r\n", b"GET /large.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
-            c = RawClient(veth.client, host="10.77.0.1")
+            c = RawClient(veth.client, host="192.0.2.1")
             c.send(request)
             resp = c.read_response()
             assert body_of(resp) == large
             assert resp.startswith(b"HTTP/1.0 200" if b"HTTP/1.0" in request else b"HTTP/1.1 200")
             assert c.sock.recv(1) == b""  # the server closed it after the whole answer
             c.close()
-        c = RawClient(veth.client, host="10.77.0.1")
+        c = RawClient(veth.client, host="192.0.2.1")
         for _ in range(2):
             c.send(b"GET /large.bin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             resp = c.read_response()
@@ -120,13 +120,13 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
     Nagle left on, keep-alive and closing, byte-exact, well under a minute."""
     with lossy_veth(veth, site, **loss) as (srv, dropper):  # type: ignore[arg-type]
         start = time.monotonic()
-        c = RawClient(veth.client, host="10.77.0.1", timeout=20, nodelay=False)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20, nodelay=False)
         for i in range(30):
             for path in ("/large.bin", "/mid.bin", "/hot.txt"):
                 assert body_of(c.get(path)) == SITE_FILES[path[1:]], (i, path)
         c.close()
         assert_no_tcp_trouble(veth.client)
-        closing_fetches(veth.client, "10.77.0.1", 10)
+        closing_fetches(veth.client, "192.0.2.1", 10)
         elapsed = time.monotonic() - start
         seen, dropped = dropper.stats()
         m = srv.metrics()
@@ -148,7 +148,7 @@ def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None: 
     lost) is held back until the client has that answer; the client sends it again, and the
     answers arrive in order."""
     with lossy_veth(veth, site, drop={11}) as (srv, dropper):
-        c = RawClient(veth.client, host="10.77.0.1", timeout=20)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20)
         c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.02)  # the first 10 segments are in, the 11th lost
         c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -168,7 +168,7 @@ def test_request_behind_a_lost_answer_waits(veth, site: Path, second: bytes) -> 
     would then never send again: a hang). It is held back; the first request comes again and is
     answered again, then the second, in order."""
     with lossy_veth(veth, site, drop={1}) as (srv, dropper):
-        c = RawClient(veth.client, host="10.77.0.1", timeout=10)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=10)
         c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.01)  # the answer is lost by now
         c.send(second)
@@ -189,7 +189,7 @@ def test_resent_segments_come_from_the_version_first_sent(veth, site: Path) -> N
     request gets the new version."""
     new = bytes(reversed(SITE_FILES["large.bin"]))
     with lossy_veth(veth, site, drop={6}) as (srv, dropper):
-        c = RawClient(veth.client, host="10.77.0.1", timeout=20, nodelay=False)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20, nodelay=False)
         c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         (site / "large.bin").write_bytes(new)
         assert body_of(c.read_response()) == SITE_FILES["large.bin"]
@@ -205,7 +205,7 @@ def test_lost_answers_are_answered_again(veth, site: Path, drop: set[int]) -> No
     """Drop chosen kernel answers on the client side: the client retransmits the request, the
     kernel recognises it, answers again, and never counts it twice (later answers stay in sync)."""
     with lossy_veth(veth, site, drop=drop) as (srv, dropper):
-        c = RawClient(veth.client, host="10.77.0.1", timeout=10, nodelay=False)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=10, nodelay=False)
         for path in ("/hot.txt", "/style.css", "/hot.txt", "/hot.txt"):
             assert body_of(c.get(path)) == SITE_FILES[path[1:]]
         c.get("/nope")  # then userspace, on the same connection, with the deltas applied
