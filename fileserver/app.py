@@ -57,6 +57,7 @@ class _RequestHandler(web.RequestHandler):
       for the first request and from the first byte of each later one (idle time between requests
       is the keep-alive timeout's business); else 408 (if part of it came) and close;
     - kernel_answered_last: close the socket after a kernel answer that ended the connection;
+    - eof_received: a client that half-closes still gets the answers to what it sent;
     - finish_response: tell the kernel path when this connection has nothing left in userspace;
     - its timers ask the kernel path when it last saw the connection, before calling it idle."""
 
@@ -71,6 +72,7 @@ class _RequestHandler(web.RequestHandler):
         self._partial = False
         self._addresses: Addresses | None = None
         self._close_fallback: asyncio.TimerHandle | None = None
+        self._answered = 0  # responses finished (aiohttp's _request_count: request heads read)
         self._consumed = 0          # bytes read from the socket
         self._written = 0           # bytes written to it
         self._at_boundary = False   # ... and they end exactly after whole body-less requests
@@ -89,6 +91,16 @@ class _RequestHandler(web.RequestHandler):
             self._addresses = (canonical_address(peer[0]), peer[1], canonical_address(local[0]), local[1])
             self._registry.add(self._addresses, self)
 
+    def eof_received(self) -> bool | None:
+        """The client shut down its sending side (a half-close: HTTP/1.0 tools do, right after the
+        request). asyncio closes the transport when this returns a false value, which would drop a
+        response not yet written; instead answer every request already read, then close, as nginx
+        does (RFC 9112 section 9.6: the server closes after its final response)."""
+        if self._request_count == self._answered:
+            return None  # every request read is answered: close now
+        self._close = True
+        return True
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         if self._close_fallback is not None:
@@ -105,6 +117,7 @@ class _RequestHandler(web.RequestHandler):
         Said only after the bytes are written: a count told early and wrong could let the kernel
         answer between two parts of a response."""
         result = await super().finish_response(request, resp, start_time)
+        self._answered += 1
         self._written += request.writer.output_size  # status line, headers and written bodies
         if isinstance(resp, web.FileResponse) and request.method != "HEAD" and resp.status in (200, 206):
             self._written += resp.content_length or 0  # sent with sendfile, which the writer does not count
