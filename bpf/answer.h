@@ -79,6 +79,13 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
          * variant's header line must sit in the first segment. */
         if (kind != KIND_FULL || seg < MIN_SEG_PAYLOAD || hx + extra > seg || total > seg * MAX_SEGS)
             return PASS_TOO_BIG;
+        /* Back from userspace on a request carrying the ACK the socket is owed: hand it over
+         * first, as for a one-segment answer (the segment sender rebuilds the skb whole). The
+         * socket would otherwise retransmit its last bytes into the middle of this answer. */
+        if (cs->flags & CONN_SOCK_ACK) {
+            struct resp_hdrs h = {};
+            ack_the_socket(skb, p, cs, &h);
+        }
         record_answer(cs, req_seq, p->payload_len, total, variant);
         cs->resp_id = ctx->ref.id;
         cs->resp_cls = ctx->ref.cls;
@@ -104,8 +111,9 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         return PASS_TOO_BIG;
 
     struct resp_hdrs h = {};
+    int acked = 0;
     if (cs->flags & CONN_SOCK_ACK) {
-        ack_the_socket(skb, p, cs, &h);
+        acked = ack_the_socket(skb, p, cs, &h);
         __builtin_memset(&h, 0, sizeof(h));
     }
     ctx->ack_seq = bpf_htonl(req_seq + p->payload_len);
@@ -118,7 +126,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
         COUNT_ERR(ERR_CHANGE_TAIL);
-        return PASS_TOO_BIG;
+        return acked ? FS_DROP : PASS_TOO_BIG;      /* (no request left to pass: it comes again) */
     }
     /* From here on the request is gone: any failure drops the skb and the client retransmits. */
     long err = store_hdrs(skb, &h, p->v6, p->has_ts);

@@ -6,8 +6,39 @@
 #include "segment.h"
 #include "sock.h"
 
-/* A client's SYN: a new connection, with what its options say (window scale, MSS). */
-static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb)
+/* The path MTU towards the client that the route holds, if below the link's (an exception the
+ * kernel learnt from an earlier ICMP error: a socket's, or one passed on by learn_path_mtu): 0
+ * otherwise. p is the client's SYN; f is scratch space (the stack is full). */
+static __always_inline __u32 route_path_mtu(struct __sk_buff *skb, struct pkt *p, struct bpf_fib_lookup *f)
+{
+    __u32 ifindex = skb->ifindex;
+    __u32 *max_frame = if_max_frame.lookup(&ifindex);
+    if (!max_frame || *max_frame <= ETH_HLEN_ + IPV6_MIN_MTU)
+        return 0;
+    __builtin_memset(f, 0, sizeof(*f));
+    f->l4_protocol = IPPROTO_TCP;
+    f->sport = p->tcp.dest;                         /* we are the sender */
+    f->dport = p->tcp.source;
+    f->tot_len = *max_frame - ETH_HLEN_;            /* a packet as large as the link takes */
+    f->ifindex = ifindex;
+    if (p->v6) {
+        f->family = AF_INET6;
+        __builtin_memcpy(f->ipv6_src, p->daddr, 16);
+        __builtin_memcpy(f->ipv6_dst, p->saddr, 16);
+    } else {
+        f->family = AF_INET;
+        f->ipv4_src = p->daddr[3];
+        f->ipv4_dst = p->saddr[3];
+    }
+    /* An output lookup (no forwarding needed): FRAG_NEEDED says the route's MTU is below tot_len. */
+    long r = bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_OUTPUT);
+    return r == BPF_FIB_LKUP_RET_FRAG_NEEDED ? f->mtu_result : 0;
+}
+
+/* A client's SYN: a new connection, with what its options say (window scale, MSS) and what the
+ * route knows of the path (f: scratch space for its lookup). */
+static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb,
+                                           struct bpf_fib_lookup *f)
 {
     struct conn_state cs = {};
     int ws = parse_wscale(skb, p);
@@ -15,6 +46,7 @@ static __always_inline void new_connection(struct pkt *p, struct conn_key *k, st
     cs.flags = ws < 0 ? 0 : CONN_WS_OK;
     cs.next_seq = bpf_ntohl(p->tcp.seq) + 1;
     cs.client_mss = parse_mss(skb, p);
+    cs.path_mtu = route_path_mtu(skb, p, f);
     cs.last_seen_ns = bpf_ktime_get_ns();
     if (conn_state.update(k, &cs) != 0)
         COUNT_ERR(ERR_CONN_FULL);
@@ -50,6 +82,41 @@ static __always_inline int syn_on_live_connection(struct __sk_buff *skb, struct 
     int live = sk->state != BPF_TCP_LISTEN;
     bpf_sk_release(sk);
     return live;
+}
+
+/* An ICMP error about a segment of the connection (p: the quoted one, server -> client) says the
+ * path's MTU is mtu: a router on the way has a smaller one than either end (RFC 1191, RFC 8201).
+ * - The kernel's segments keep to it from now on (seg_payload), and the segments of an answer in
+ *   flight are sent again at that size (in_flight).
+ * - The error goes on to the socket, translated into its sequence space: Linux's TCP believes
+ *   an error only if it quotes a sequence number from snd_una to snd_nxt (RFC 5927 section 4.1).
+ *   One the kernel sent maps to the socket's snd_nxt, so the socket, and its route for later
+ *   connections (route_path_mtu), learn the path's MTU as well. */
+static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p, struct conn_key *k, __u32 mtu,
+                                           __u32 seq_off, __u32 csum_off)
+{
+    if (p->tcp.source != bpf_htons(SERVER_PORT))
+        return;
+    conn_key_of(k, p, 0);
+    struct conn_state *cs = conn_state.lookup(k);
+    if (!cs)
+        return;
+    __u32 now = cs->path_mtu ? cs->path_mtu : 0xffff;
+    if (mtu >= (p->v6 ? IPV6_MIN_MTU : IPV4_MIN_PMTU) && mtu < now) {
+        cs->path_mtu = mtu;
+        __u32 seg = mtu - ip_hlen(p) - tcp_hdr_len(cs->flags & CONN_TS_SEEN);
+        if (cs->seg_size > seg)
+            cs->seg_size = seg;                     /* (an answer in flight: its resends) */
+        COUNT(path_mtu);
+    }
+    __u32 seq = bpf_ntohl(p->tcp.seq), start = cs->srv_next - cs->last_resp_len;
+    int ours = (cs->flags & CONN_ANSWERED) && (__s32)(seq - start) >= 0 && (__s32)(seq - cs->srv_next) < 0;
+    __u32 sock = ours ? cs->srv_next - cs->delta_out : seq - cs->delta_out;
+    if (sock != seq) {
+        __be32 old = p->tcp.seq, new = bpf_htonl(sock);
+        bpf_skb_store_bytes(skb, seq_off, &new, sizeof(new), 0);
+        bpf_l4_csum_replace(skb, csum_off, old, new, sizeof(new));   /* ICMP's: no pseudo-header field */
+    }
 }
 
 /* The client has every byte of an answer that ends the connection: userspace may now close
@@ -97,37 +164,51 @@ static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, 
         cs->flags |= CONN_CLOSING;
 }
 
-/* Where the segment stands against the kernel's answers on the connection, for a request-bearing
- * segment. Returns FS_CONTINUE if the kernel may answer it, FS_HOLD, or a pass reason. Undoes the
- * last answer (*rolled_back = 1) when the segment says it was lost. */
-static __always_inline int sync_with_answers(struct pkt *p, struct conn_state *cs, int *rolled_back)
+/* Recovery of the kernel's last answer, for a segment with data or a FIN. It comes before every
+ * reason to pass the segment on (the socket's ownership, TCP options, a stale heartbeat): passed
+ * with the answer still counted in the deltas, a request sent again would reach the socket as old
+ * data, which it acknowledges, and the answer would never be sent again. Undoes the last answer
+ * (*rolled_back = 1) when the segment says it was lost. Returns FS_CONTINUE or FS_HOLD. */
+static __always_inline int recover_answer(struct pkt *p, struct conn_state *cs, int *rolled_back)
 {
+    if (!(cs->flags & CONN_ANSWERED) || !p->tcp.ack)
+        return FS_CONTINUE;
     __u32 seq = bpf_ntohl(p->tcp.seq), ack = bpf_ntohl(p->tcp.ack_seq);
     /* The client retransmits a request the kernel answered, and has acknowledged none of the
      * answer: the answer was lost. Undo it exactly (the server socket never saw either side), then
-     * answer afresh, with current bytes, or pass it on. Deltas are never counted twice. */
-    if ((cs->flags & CONN_ANSWERED) && seq == cs->last_req_seq && ack == cs->srv_next - cs->last_resp_len) {
+     * answer afresh, with current bytes, or pass it on. Deltas are never counted twice. Nothing
+     * of it is in flight any more (a FIN with the request again reaches this for a longer one). */
+    if (p->payload_len && seq == cs->last_req_seq && ack == cs->srv_next - cs->last_resp_len) {
         cs->delta_in -= cs->last_req_len;
         cs->delta_out -= cs->last_resp_len;
         cs->next_seq = seq;
         cs->srv_next -= cs->last_resp_len;
-        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING);
+        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING | CONN_UNACKED);
         *rolled_back = 1;
+        return FS_CONTINUE;
     }
     /* New bytes while the client lacks part of the kernel's last answer (it pipelines, or that
      * answer was lost): passed on, the socket would acknowledge them, and with them the request
      * of the missing answer, which the client would then never send again; nobody would resend
-     * the answer. Dropped instead: the client sends them again once it has the answer. */
-    if ((cs->flags & CONN_ANSWERED) && (__s32)(ack - cs->srv_next) < 0 &&
-        (__s32)(seq + p->payload_len - cs->next_seq) > 0)
+     * the answer. Dropped instead: the client sends them again once it has the answer. A FIN is
+     * such a byte (RFC 9293 section 3.4: it takes a sequence number): a client that half-closes
+     * right after its request would otherwise have the request acknowledged with it. */
+    if ((__s32)(ack - cs->srv_next) < 0 && (__s32)(seq + p->payload_len + p->tcp.fin - cs->next_seq) > 0)
         return FS_HOLD;
+    return FS_CONTINUE;
+}
+
+/* Can the kernel answer this request in the connection's current state? FS_CONTINUE, or the pass
+ * reason why not. */
+static __always_inline int in_sync(struct pkt *p, struct conn_state *cs)
+{
     /* After an answer that ends the connection, nothing more is answered here (a client that
      * sends more anyway meets the server socket, which userspace is closing). */
     if (cs->flags & CONN_CLOSING)
         return PASS_CLOSING;
     /* In sync: the request starts where the previous one ended, and the client has every byte sent
      * so far (so responses can never be reordered or lost silently). */
-    if (seq != cs->next_seq || ack != cs->srv_next)
+    if (bpf_ntohl(p->tcp.seq) != cs->next_seq || bpf_ntohl(p->tcp.ack_seq) != cs->srv_next)
         return PASS_OUT_OF_SYNC;
     return FS_CONTINUE;
 }
@@ -136,8 +217,9 @@ static __always_inline int sync_with_answers(struct pkt *p, struct conn_state *c
  * userspace's last bytes the server socket has not processed (it rode on this request, which the
  * socket never sees). The socket would then retransmit bytes the client has, and take the
  * connection back. So before the request becomes the answer, it is turned into the pure ACK the
- * socket should have had (its own sequence space) and a clone is delivered to it. */
-static __always_inline void ack_the_socket(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs,
+ * socket should have had (its own sequence space) and a clone is delivered to it. Returns 1 once
+ * the skb holds that ACK (the request is gone from it). */
+static __always_inline int ack_the_socket(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs,
                                            struct resp_hdrs *hp)
 {
     __u32 thl = tcp_hdr_len(p->has_ts);
@@ -156,14 +238,15 @@ static __always_inline void ack_the_socket(struct __sk_buff *skb, struct pkt *p,
     __u32 hsum = header_sum(hp, p->v6, p->has_ts, 0, &psum);
     cs->flags &= ~CONN_SOCK_ACK;
     if (bpf_skb_change_tail(skb, ETH_HLEN_ + ip_hlen(p) + thl, 0) < 0)
-        return;                                     /* the socket learns it from a later segment */
+        return 0;                                   /* the socket learns it from a later segment */
     long err = store_hdrs(skb, hp, p->v6, p->has_ts);
     if (err)
-        return;
+        return 1;
     store_tcp_csum(skb, ip_hlen(p), psum, hsum, 0, 0, NULL);
     skb->mark = KERNEL_MARK;                        /* fs_ingress lets it through untouched */
     bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
     skb->mark = 0;
+    return 1;
 }
 
 /* A segment of a connection whose multi-segment answer the client does not wholly have yet (or has

@@ -17,6 +17,30 @@
 #define TCP_TS_OPTLEN 12        /* NOP, NOP, TIMESTAMP (10): what Linux clients send on every segment */
 #define TCP_MAX_OPTLEN 40
 
+/* The ECN field: the low two bits of IPv4's TOS and IPv6's traffic class (RFC 3168 section 5;
+ * the kernel's names, from include/net/inet_ecn.h). */
+#define INET_ECN_MASK 3
+#define INET_ECN_CE 3
+
+/* ICMP errors that report a path MTU below what we sent (RFC 1191, RFC 8201): ICMPv4 destination
+ * unreachable / fragmentation needed, ICMPv6 packet too big (RFC 4443 section 3.2). */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED 4
+#define ICMPV6_PKT_TOOBIG 2
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+#define ICMP_HLEN 8             /* type, code, checksum, then 4 bytes (the MTU in both of these) */
+#define ICMP_CSUM_OFF 2
+/* Smallest path MTUs believed: Linux's net.ipv4.route.min_pmtu default, and IPv6's minimum link MTU
+ * (RFC 8200 section 5). A report below is ignored, as the kernel's own TCP would clamp it. */
+#define IPV4_MIN_PMTU 552
+#define IPV6_MIN_MTU 1280
+#ifndef AF_INET
+#define AF_INET 2               /* bpf_fib_lookup's family (include/linux/socket.h, not UAPI here) */
+#define AF_INET6 10
+#endif
+
 /* Field offsets in the TCP header (RFC 9293 section 3.1). */
 #define TCP_SEQ_OFF 4
 #define TCP_ACK_OFF 8
@@ -33,6 +57,8 @@
 #define TCPOLEN_MSS 4
 #define TCPOLEN_WINDOW 3
 #define TCPOLEN_TIMESTAMP 10
+#define TCPOLEN_SACK_PERBLOCK 8 /* one block: left and right edge */
+#define TCP_MAX_SACK_BLOCKS 4   /* (2 + 4 * 8 = 34 of the 40 option bytes) */
 
 /* Largest request the kernel parses (bytes of TCP payload). Longer ones go to userspace. Power of
  * two so indexes can be masked for the verifier. */

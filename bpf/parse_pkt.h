@@ -28,6 +28,7 @@ static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
         map_ipv4(p->saddr, ip.saddr);
         map_ipv4(p->daddr, ip.daddr);
         p->ip_plain = ip.ihl == 5 && !(ip.frag_off & bpf_htons(0x3fff));
+        p->ce = (ip.tos & INET_ECN_MASK) == INET_ECN_CE;
         ip_hlen = ip.ihl * 4;
         ip_len = bpf_ntohs(ip.tot_len);
     } else if (p->eth.h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -41,6 +42,7 @@ static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
             return -1;
         p->v6 = 1;
         p->ip_plain = 1;
+        p->ce = ((fixed[1] >> 4) & INET_ECN_MASK) == INET_ECN_CE;   /* traffic class' low bits */
         ip_hlen = IPV6_HLEN;
         ip_len = ((__u32)fixed[4] << 8) | fixed[5];
         ip_len = ip_len ? ip_len + IPV6_HLEN : 0;
@@ -60,6 +62,58 @@ static __always_inline int parse_headers(struct __sk_buff *skb, struct pkt *p)
     p->has_ts = 0;
     p->only_ts = p->tcp.doff == 5;
     return 0;
+}
+
+/* An ICMP error saying one of our segments was too big for the path: ICMPv4 fragmentation needed
+ * (RFC 1191) or ICMPv6 packet too big (RFC 8201), quoting a TCP segment. Fills p with the quoted
+ * segment's addresses and the first 8 bytes of its TCP header (ports and sequence number: all
+ * RFC 792 promises), as the server -> client segment it was, and returns the MTU reported, with
+ * the offsets of the quoted sequence number and the ICMP checksum; 0 for any other packet. */
+static __always_inline __u32 parse_too_big(struct __sk_buff *skb, struct pkt *p, __u32 *seq_off, __u32 *csum_off)
+{
+    if (bpf_skb_load_bytes(skb, 0, &p->eth, sizeof(p->eth)) < 0)
+        return 0;
+    __u8 icmp[ICMP_HLEN];
+    __u32 mtu, quoted;
+    if (p->eth.h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr ip;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_ICMP || ip.ihl < 5)
+            return 0;
+        __u32 at = ETH_HLEN_ + ip.ihl * 4;
+        if (bpf_skb_load_bytes(skb, at, icmp, sizeof(icmp)) < 0 || icmp[0] != ICMP_DEST_UNREACH ||
+            icmp[1] != ICMP_FRAG_NEEDED)
+            return 0;
+        mtu = ((__u32)icmp[6] << 8) | icmp[7];      /* the next-hop MTU (RFC 1191 section 4) */
+        *csum_off = at + ICMP_CSUM_OFF;
+        quoted = at + ICMP_HLEN;
+        struct iphdr q;
+        if (bpf_skb_load_bytes(skb, quoted, &q, sizeof(q)) < 0 || q.protocol != IPPROTO_TCP || q.ihl < 5)
+            return 0;
+        map_ipv4(p->saddr, q.saddr);
+        map_ipv4(p->daddr, q.daddr);
+        p->l4_off = quoted + q.ihl * 4;
+    } else if (p->eth.h_proto == bpf_htons(ETH_P_IPV6)) {
+        __u8 fixed[8];
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, fixed, sizeof(fixed)) < 0 || fixed[6] != IPPROTO_ICMPV6)
+            return 0;
+        __u32 at = ETH_HLEN_ + IPV6_HLEN;
+        if (bpf_skb_load_bytes(skb, at, icmp, sizeof(icmp)) < 0 || icmp[0] != ICMPV6_PKT_TOOBIG || icmp[1] != 0)
+            return 0;
+        mtu = ((__u32)icmp[4] << 24) | ((__u32)icmp[5] << 16) | ((__u32)icmp[6] << 8) | icmp[7];
+        *csum_off = at + ICMP_CSUM_OFF;
+        quoted = at + ICMP_HLEN;
+        if (bpf_skb_load_bytes(skb, quoted, fixed, sizeof(fixed)) < 0 || fixed[6] != IPPROTO_TCP ||
+            bpf_skb_load_bytes(skb, quoted + 8, p->saddr, 32) < 0)
+            return 0;
+        p->v6 = 1;
+        p->l4_off = quoted + IPV6_HLEN;
+    } else {
+        return 0;
+    }
+    if (bpf_skb_load_bytes(skb, p->l4_off, &p->tcp, 8) < 0)
+        return 0;
+    *seq_off = p->l4_off + TCP_SEQ_OFF;
+    return mtu;
 }
 
 /* Length of the IP header of segments we build towards p's sender (no options, no extension

@@ -27,6 +27,7 @@ enum pass_reason {
     PASS_STALE,             /* userspace heartbeat is stale */
     PASS_CACHE_RACE,        /* entry changed between lookups */
     PASS_HANDSHAKE,         /* the server socket is not established yet (accept queue full, SYN cookies) */
+    PASS_ECN,               /* a CE mark, or CWR/ECE: congestion signals the socket must see (RFC 3168) */
     NR_PASS_REASONS,
 };
 

@@ -145,8 +145,9 @@ static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u
     return err;
 }
 
-/* Payload bytes one segment may carry: what the link's frame holds (with thl bytes of TCP header)
- * and the client's MSS (which excludes TCP options: RFC 9293 section 3.7.1). 0: none. */
+/* Payload bytes one segment may carry: what the link's frame and the path's MTU hold (with thl
+ * bytes of TCP header) and the client's MSS (which excludes TCP options: RFC 9293 section 3.7.1).
+ * 0: none. */
 static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_state *cs, __u32 l3, __u32 thl)
 {
     __u32 ifindex = skb->ifindex;
@@ -154,6 +155,8 @@ static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_stat
     if (!max_frame)
         return 0;
     __u32 link = *max_frame < MAX_FRAME ? *max_frame : MAX_FRAME;
+    if (cs->path_mtu && ETH_HLEN_ + cs->path_mtu < link)
+        link = ETH_HLEN_ + cs->path_mtu;            /* a smaller hop on the way (conn.h) */
     if (link <= ETH_HLEN_ + l3 + thl)
         return 0;
     __u32 seg = link - ETH_HLEN_ - l3 - thl;

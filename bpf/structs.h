@@ -85,6 +85,9 @@ struct conn_state {
     __u16 seg_size;         /* payload bytes per segment */
     __u16 client_mss;       /* from the client's SYN */
     __u32 fast_ack;         /* last duplicate ACK a segment was resent for (once per hole) */
+    __u16 path_mtu;         /* the path's MTU (IP packet bytes) if below the link's: an ICMP error
+                             * about our segment said so, or the route knew it at the SYN; 0: none */
+    __u16 pad3;
 };
 
 /* user_idle value: what userspace had read from and written to a connection's socket when it last
@@ -115,12 +118,14 @@ struct counters {
     __u64 xlate_out;        /* server->client segments translated */
     __u64 csum_partial;     /* responses left to checksum offload */
     __u64 csum_full;        /* responses with a full software checksum */
-    __u64 sack_blanked;     /* SACK options turned into NOPs */
+    __u64 sack_blanked;     /* SACK options turned into NOPs: no block named the receiver's bytes */
+    __u64 sack_translated;  /* SACK options whose blocks were translated */
     __u64 returns;          /* connections handed back from userspace to the kernel */
     __u64 segments;         /* segments of multi-segment answers after the first */
     __u64 resent;           /* segments of multi-segment answers sent again */
     __u64 acks;             /* pure ACKs sent for requests answered in several segments */
     __u64 held;             /* client segments dropped while a kernel answer was not wholly acknowledged */
+    __u64 path_mtu;         /* ICMP errors that lowered a connection's path MTU (fragmentation needed, too big) */
     __u64 pass[PASS_SLOTS];     /* by enum pass_reason */
     __u64 errors[ERROR_SLOTS];  /* by enum kernel_error */
 };
@@ -130,6 +135,7 @@ struct pkt {
     struct ethhdr eth;
     __u8 v6;                /* IPv6 (else IPv4) */
     __u8 ip_plain;          /* IPv4 without options or fragmentation; IPv6 with TCP as next header */
+    __u8 ce;                /* the IP header's ECN field says Congestion Experienced (RFC 3168 section 5) */
     struct tcphdr tcp;
     __u32 saddr[4];         /* as in struct conn_key: IPv4 addresses are IPv4-mapped */
     __u32 daddr[4];         /* (right after saddr: IPv6 loads both at once) */
@@ -176,7 +182,10 @@ struct answer_ctx {
     __u32 tsval;
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
-    struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
+    union {
+        struct bpf_sock_tuple tuple;    /* for the server socket's lookup (bpf/sock.h) */
+        struct bpf_fib_lookup fib;      /* for the route's path MTU at a SYN (conn.h) */
+    };
 };
 
 /* fs_egress's segment and key (off its stack, which would overflow). */

@@ -27,12 +27,20 @@
 static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, struct conn_key *k, struct conn_state *cs,
                                          int *rolled_back)
 {
-    if (p->payload_len == 0)
+    if (p->payload_len == 0 && !p->tcp.fin)
         return FS_NO_REQUEST;
+    int r = recover_answer(p, cs, rolled_back);     /* first: see there */
+    if (r != FS_CONTINUE || p->payload_len == 0)
+        return r == FS_CONTINUE ? FS_NO_REQUEST : r;
     if ((cs->flags & CONN_USER) && !back_to_kernel(skb, p, k, cs))
         return PASS_USER_OWNED;
     if (p->tcp.fin || p->tcp.rst || p->tcp.urg || !p->tcp.ack)
         return PASS_TCP_OPTIONS;
+    /* Congestion signals are the socket's to act on: a CE mark it must echo with ECE, the CWR
+     * that ends its echo, an ECE that must reduce its window (RFC 3168 sections 6.1.2, 6.1.3).
+     * Swallowed with a request, the socket would never see them. */
+    if (p->ce || p->tcp.cwr || p->tcp.ece)
+        return PASS_ECN;
     if (!p->ip_plain)
         return PASS_IP_OPTIONS;
     parse_ts_option(skb, p);
@@ -44,7 +52,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     if (!clk || bpf_ktime_get_ns() - clk->updated_ns > HEARTBEAT_TIMEOUT_NS)
         return PASS_STALE;
 
-    int r = sync_with_answers(p, cs, rolled_back);
+    r = in_sync(p, cs);
     if (r != FS_CONTINUE)
         return r;
 
@@ -100,13 +108,22 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     struct pkt *p = &ctx->p;
     struct conn_key *k = &ctx->key;
     __builtin_memset(p, 0, sizeof(*p));
-    if (parse_headers(skb, p) < 0 || p->tcp.dest != bpf_htons(SERVER_PORT))
+    if (parse_headers(skb, p) < 0) {
+        /* Not TCP: an ICMP error about one of our segments (a smaller hop on the path)? */
+        __u32 seq_off = 0, csum_off = 0;
+        __builtin_memset(p, 0, sizeof(*p));
+        __u32 mtu = parse_too_big(skb, p, &seq_off, &csum_off);
+        if (mtu)
+            learn_path_mtu(skb, p, k, mtu, seq_off, csum_off);
+        return FS_PASS;
+    }
+    if (p->tcp.dest != bpf_htons(SERVER_PORT))
         return FS_PASS;                             /* not ours: let other filters see it */
     count_if(skb, 0);
     conn_key_of(k, p, 1);
     if (p->tcp.syn) {
         if (!p->tcp.ack && !syn_on_live_connection(skb, p, k, &ctx->tuple))
-            new_connection(p, k, skb);
+            new_connection(p, k, skb, &ctx->fib);
         return FS_PASS;
     }
     struct conn_state *cs = conn_state.lookup(k);

@@ -3,8 +3,8 @@
  * server socket (delta_in); bytes sent by the kernel were never sent by it (delta_out).
  *   client -> server: seq -= delta_in,  ack -= delta_out
  *   server -> client: seq += delta_out, ack += delta_in
- * SACK blocks are in the other side's sequence space; rather than translate block edges that may
- * fall inside kernel-sent bytes, they are turned into NOPs (the sender then recovers without them). */
+ * SACK blocks are in the other side's sequence space and are translated too (xlate_sack), less
+ * those that name bytes the receiver never sent in its own space. */
 #pragma once
 #include "report.h"
 #include "parse_pkt.h"
@@ -16,29 +16,70 @@ static __always_inline void rewrite32(struct __sk_buff *skb, __u32 l4_off, __u32
         COUNT_ERR(ERR_XLATE);
 }
 
-/* Overwrite every SACK option with NOPs, fixing the checksum. */
-static __always_inline void blank_sack(struct __sk_buff *skb, struct pkt *p)
+/* Translate the SACK option's blocks (RFC 2018; a D-SACK block, RFC 2883, is one as well) into the
+ * receiver's sequence space: every edge moves by delta. A block that ends at or before floor (in
+ * the sender's space, as the blocks are) names bytes the receiver never sent in its own space
+ * (kernel answers, or requests the kernel answered) or acknowledged long ago: it is dropped; one
+ * that starts before floor starts there. The blocks kept move to the front, the option's length
+ * shrinks with them and NOPs fill the rest; with no block left the whole option becomes NOPs.
+ * Without this, the socket would lose SACK for its own later transfers (one loss repaired per
+ * round trip), and take blocks in the client's space for its own. */
+static __always_inline void xlate_sack(struct __sk_buff *skb, struct pkt *p, __u32 floor, __u32 delta)
 {
     __u32 olen = tcp_optlen(p);
-    if (olen <= TCP_TS_OPTLEN || olen > TCP_MAX_OPTLEN)
-        return;     /* no room for a SACK block beside the timestamps */
+    if (olen < 2 + TCPOLEN_SACK_PERBLOCK || olen > TCP_MAX_OPTLEN)
+        return;                                     /* no room for a block */
     __u8 opt[TCP_MAX_OPTLEN] = {};
     if (bpf_skb_load_bytes(skb, p->l4_off + TCP_HLEN, opt, olen) < 0)
         return;
     __u8 orig[TCP_MAX_OPTLEN];
     __builtin_memcpy(orig, opt, sizeof(orig));
     /* The SACK option (at most one per segment, RFC 2018). */
-    __u32 sack_at = 0, sack_len = 0;
-    if (!tcp_find_option(opt, olen, TCPOPT_SACK, &sack_at, &sack_len))
+    __u32 at = 0, len = 0;
+    if (!tcp_find_option(opt, olen, TCPOPT_SACK, &at, &len))
         return;
+    __u32 n = (len - 2) % TCPOLEN_SACK_PERBLOCK ? 0 : (len - 2) / TCPOLEN_SACK_PERBLOCK;   /* (odd length: none) */
+    __u32 kept = 0;
+#pragma unroll
+    for (int j = 0; j < TCP_MAX_SACK_BLOCKS; j++) {
+        if (j >= n)
+            break;
+        __u64 from = at + 2 + TCPOLEN_SACK_PERBLOCK * j;
+        CLAMP_MAX(from, TCP_MAX_OPTLEN - TCPOLEN_SACK_PERBLOCK);
+        __u32 left, right;
+        __builtin_memcpy(&left, opt + from, 4);
+        __builtin_memcpy(&right, opt + from + 4, 4);
+        left = bpf_ntohl(left);
+        right = bpf_ntohl(right);
+        if ((__s32)(right - floor) <= 0)
+            continue;
+        if ((__s32)(left - floor) < 0)
+            left = floor;
+        left = bpf_htonl(left + delta);
+        right = bpf_htonl(right + delta);
+        __u64 to = at + 2 + TCPOLEN_SACK_PERBLOCK * kept;
+        CLAMP_MAX(to, TCP_MAX_OPTLEN - TCPOLEN_SACK_PERBLOCK);
+        __builtin_memcpy(opt + to, &left, 4);
+        __builtin_memcpy(opt + to + 4, &right, 4);
+        kept++;
+    }
+    __u32 nops = kept ? at + 2 + TCPOLEN_SACK_PERBLOCK * kept : at;   /* NOPs from here to the option's end */
+    if (kept) {
+        __u64 l = at + 1;
+        CLAMP_MAX(l, TCP_MAX_OPTLEN - 1);
+        opt[l] = 2 + TCPOLEN_SACK_PERBLOCK * kept;
+    }
 #pragma unroll
     for (int j = 0; j < TCP_MAX_OPTLEN; j++)
-        if (j >= sack_at && j < sack_at + sack_len)
+        if (j >= nops && j < at + len)
             opt[j] = TCPOPT_NOP;
     __s64 diff = bpf_csum_diff((__be32 *)orig, TCP_MAX_OPTLEN, (__be32 *)opt, TCP_MAX_OPTLEN, 0);
     bpf_skb_store_bytes(skb, p->l4_off + TCP_HLEN, opt, olen, 0);
     bpf_l4_csum_replace(skb, p->l4_off + TCP_CSUM_OFF, 0, diff, 0);
-    COUNT(sack_blanked);
+    if (kept)
+        COUNT(sack_translated);
+    else
+        COUNT(sack_blanked);
 }
 
 /* Client -> server. */
@@ -54,7 +95,9 @@ static __always_inline void xlate_in(struct __sk_buff *skb, struct pkt *p, struc
         __be32 n = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) - cs->delta_out);
         rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, n);
     }
-    blank_sack(skb, p);
+    /* The client's blocks are of the server's bytes: below srv_next, only kernel answers or
+     * bytes acknowledged before the last one (the socket sends after it). */
+    xlate_sack(skb, p, cs->srv_next, -cs->delta_out);
     COUNT(xlate_in);
 }
 
@@ -71,6 +114,8 @@ static __always_inline void xlate_out(struct __sk_buff *skb, struct pkt *p, stru
         __be32 n = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) + cs->delta_in);
         rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, n);
     }
-    blank_sack(skb, p);
+    /* The socket's blocks are of the client's bytes, in its own space: below next_seq there, only
+     * bytes before the last request the kernel answered (every later one it holds is after). */
+    xlate_sack(skb, p, cs->next_seq - cs->delta_in, cs->delta_in);
     COUNT(xlate_out);
 }

@@ -42,6 +42,7 @@ class PassReason(enum.IntEnum):
     STALE = enum.auto()
     CACHE_RACE = enum.auto()
     HANDSHAKE = enum.auto()
+    ECN = enum.auto()
 
     @property
     def label(self) -> str:
@@ -68,7 +69,7 @@ class KernelError(enum.IntEnum):
 # The scalar fields of struct counters, in order; then `pass[PASS_SLOTS]` and
 # `errors[ERROR_SLOTS]`, indexed by PassReason and KernelError.
 COUNTER_FIELDS = ("hits", "hit_bytes", "retransmits", "xlate_in", "xlate_out", "csum_partial", "csum_full",
-                  "sack_blanked", "returns", "segments", "resent", "acks", "held")
+                  "sack_blanked", "sack_translated", "returns", "segments", "resent", "acks", "held", "path_mtu")
 COUNTER_ARRAYS = ("pass", "errors")
 # struct if_counters: our port's segments per interface.
 IF_COUNTER_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")

@@ -68,11 +68,13 @@ class Counters:
     csum_partial: int = 0
     csum_full: int = 0
     sack_blanked: int = 0
+    sack_translated: int = 0
     returns: int = 0
     segments: int = 0
     resent: int = 0
     acks: int = 0
     held: int = 0
+    path_mtu: int = 0
     passes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 

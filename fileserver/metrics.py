@@ -90,6 +90,18 @@ class FileserverCollector(Collector):
         segs.add_metric(["ack"], k.acks)
         segs.add_metric(["held"], k.held)
         yield segs
+        sack = CounterMetricFamily(
+            "fileserver_kernel_sack_options", "SACK options on translated segments: blocks translated into the "
+            "receiver's sequence space, or blanked (no block named its bytes)", labels=["action"]
+        )
+        sack.add_metric(["translated"], k.sack_translated)
+        sack.add_metric(["blanked"], k.sack_blanked)
+        yield sack
+        yield CounterMetricFamily(
+            "fileserver_kernel_path_mtu_reductions",
+            "ICMP errors (fragmentation needed, packet too big) that lowered a connection's path MTU for kernel answers",
+            value=k.path_mtu,
+        )
         xlate = CounterMetricFamily(
             "fileserver_kernel_translated_segments", "Segments whose sequence numbers were translated", labels=["direction"]
         )

@@ -116,3 +116,63 @@ def veth() -> Iterator[VethPair]:
         yield pair
     finally:
         pair.close()
+
+
+class RoutedPath:
+    """Three namespaces, client - router - server, with a smaller hop on the way: every link is
+    1500 bytes at its ends except the router's side of the client link (router_mtu), as when a
+    tunnel or a PPPoE hop narrows the path without either end knowing. No MSS clamping: the
+    client announces 1460. Client 198.51.100.2 and 2001:db8:1::2, server 203.0.113.2 and
+    2001:db8:2::2; full checksums."""
+
+    CLIENT4, SERVER4, CLIENT6, SERVER6 = "198.51.100.2", "203.0.113.2", "2001:db8:1::2", "2001:db8:2::2"
+
+    def __init__(self, router_mtu: int = 1400) -> None:
+        import os
+        import subprocess
+
+        from tests.support import require_tool
+
+        ethtool = require_tool("ethtool")
+        self.client, self.router, self.server = NetNS("fpc"), NetNS("fpr"), NetNS("fps")
+        n = os.getpid() % 100000
+        self.client_if, self.server_if = f"pc{n}", f"ps{n}"
+        rc, rs = f"rc{n}", f"rs{n}"
+        for mine, ns, theirs in ((self.client_if, self.client, rc), (self.server_if, self.server, rs)):
+            subprocess.run(["ip", "link", "add", mine, "netns", ns.name, "type", "veth", "peer", "name", theirs,
+                            "netns", self.router.name], check=True)
+        plan = ((self.client, self.client_if, "198.51.100.2/24", "2001:db8:1::2/64", "198.51.100.1", "2001:db8:1::1"),
+                (self.server, self.server_if, "203.0.113.2/24", "2001:db8:2::2/64", "203.0.113.1", "2001:db8:2::1"))
+        # No duplicate address detection on any of them, link-local addresses included: the router
+        # answers neighbour solicitations at once, and the first SYN is not lost to a warm-up.
+        for ns, dev in ((self.client, self.client_if), (self.server, self.server_if), (self.router, rc), (self.router, rs)):
+            ns.run("sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_dad=0")
+        for ns, dev, a4, a6, gw4, gw6 in plan:
+            ns.run("ip", "addr", "add", a4, "dev", dev)
+            ns.run("ip", "addr", "add", a6, "dev", dev, "nodad")
+            ns.run("ip", "link", "set", dev, "up")
+            ns.run(ethtool, "-K", dev, "tx", "off")
+            ns.run("ip", "route", "add", "default", "via", gw4)
+            ns.run("ip", "-6", "route", "add", "default", "via", gw6)
+        for dev, a4, a6 in ((rc, "198.51.100.1/24", "2001:db8:1::1/64"), (rs, "203.0.113.1/24", "2001:db8:2::1/64")):
+            self.router.run("ip", "addr", "add", a4, "dev", dev)
+            self.router.run("ip", "addr", "add", a6, "dev", dev, "nodad")
+            self.router.run("ip", "link", "set", dev, "up")
+            self.router.run(ethtool, "-K", dev, "tx", "off")
+        self.router.run("ip", "link", "set", rc, "mtu", str(router_mtu))
+        self.router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.router.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+
+    def close(self) -> None:
+        for ns in (self.client, self.router, self.server):
+            ns.close()
+
+
+@pytest.fixture
+def routed() -> Iterator[RoutedPath]:
+    require_root()
+    path = RoutedPath()
+    try:
+        yield path
+    finally:
+        path.close()

@@ -68,11 +68,12 @@ def closing_fetches(ns: NetNS, host: str, n: int) -> None:
 
 
 @contextlib.contextmanager
-def lossy_veth(veth, site: Path, *args: str, drop: set[int] = frozenset(), **loss: object) -> Iterator[tuple[Server, object]]:  # type: ignore[no-untyped-def]
+def lossy_veth(veth, site: Path, *args: str, drop: set[int] = frozenset(), expect_kernel: bool = True,  # type: ignore[no-untyped-def]
+               **loss: object) -> Iterator[tuple[Server, object]]:
     """A server (with args) on the veth pair's server side and the test-only dropper on the client side."""
     from tests.kernel.lossy import Dropper
 
-    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, *args)
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, *args, expect_kernel=expect_kernel)
     dropper = Dropper(veth.client, veth.client_if, 8080, drop, **loss)  # type: ignore[arg-type]
     try:
         yield srv, dropper

@@ -4,6 +4,7 @@ server->client data segments arriving at the client."""
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 
 from tests.support import NetNS
 
@@ -20,7 +21,9 @@ DROPPER = r"""
  * data segments, or with PURE_ACKS the segments without data, SYN, FIN or RST. cfg[1]: a bitmap of numbers 1..64 to
  * drop; cfg[0]: drop every cfg[0]-th as well (0: none); cfg[2]: drop a seeded pseudo-random share
  * as well, cfg[2]/65536 of them (an LCG from cfg[3], so a run repeats exactly).
- * stats[0]: data segments seen, stats[1]: dropped, stats[2]: the LCG's state. */
+ * stats[0]: data segments seen, stats[1]: dropped, stats[2]: the LCG's state.
+ * With mark_ce the chosen segments are not dropped but marked Congestion Experienced (RFC 3168),
+ * as a router with a full queue does. */
 BPF_ARRAY(cfg, u64, 4);
 BPF_ARRAY(stats, u64, 3);
 
@@ -60,7 +63,22 @@ int drop_chosen(struct __sk_buff *skb)
     *lcg = *lcg * 6364136223846793005ULL + 1442695040888963407ULL;
     if ((n < 64 && (*bitmap >> n) & 1) || (*every && (n + 1) % *every == 0) || (*lcg >> 48) < *share) {
         __sync_fetch_and_add(dropped, 1);
-        return TC_ACT_SHOT;
+        if (!MARK_CE)
+            return TC_ACT_SHOT;
+        if (eth.h_proto == htons(ETH_P_IP)) {
+            __be16 old, new;    /* version/IHL and TOS: the header checksum's first word */
+            if (bpf_skb_load_bytes(skb, ETH_HLEN, &old, 2) < 0)
+                return TC_ACT_UNSPEC;
+            new = old | htons(3);
+            bpf_skb_store_bytes(skb, ETH_HLEN, &new, 2, 0);
+            bpf_l3_csum_replace(skb, ETH_HLEN + 10, old, new, 2);
+        } else {
+            u8 b1;              /* the traffic class' low nibble is in the header's second byte */
+            if (bpf_skb_load_bytes(skb, ETH_HLEN + 1, &b1, 1) < 0)
+                return TC_ACT_UNSPEC;
+            b1 |= 0x30;
+            bpf_skb_store_bytes(skb, ETH_HLEN + 1, &b1, 1, 0);
+        }
     }
     return TC_ACT_UNSPEC;
 }
@@ -69,15 +87,17 @@ int drop_chosen(struct __sk_buff *skb)
 
 class Dropper:
     """Drop segments from port `sport` arriving on `ifname` (or, with egress, segments to port
-    `dport` leaving it); `drop` numbers them from 1, `every` and `share` add more."""
+    `dport` leaving it); `drop` numbers them from 1, `every` and `share` add more. Two droppers
+    may share an interface (one per direction): close the second one first."""
 
     def __init__(self, ns: NetNS, ifname: str, sport: int = 0, drop: set[int] = frozenset(), every: int = 0,
                  share: float = 0.0, seed: int = 1, *, dport: int = 0, egress: bool = False,
-                 pure_acks: bool = False) -> None:
+                 pure_acks: bool = False, mark_ce: bool = False) -> None:
         from bcc import BPF  # type: ignore[import-not-found]
         from pyroute2 import IPRoute
 
-        text = DROPPER.replace("SPORT", str(sport)).replace("DPORT", str(dport)).replace("PURE_ACKS", str(int(pure_acks)))
+        text = (DROPPER.replace("SPORT", str(sport)).replace("DPORT", str(dport)).replace("PURE_ACKS", str(int(pure_acks)))
+                .replace("MARK_CE", str(int(mark_ce))))
         self.bpf = BPF(text=text.encode())
         fn = self.bpf.load_func(b"drop_chosen", BPF.SCHED_CLS)
         cfg = self.bpf[b"cfg"]
@@ -86,9 +106,19 @@ class Dropper:
         cfg[ct.c_int(2)] = ct.c_uint64(int(share * 65536))
         self.bpf[b"stats"][ct.c_int(2)] = ct.c_uint64(seed)
         self.ns = ns
+        from pyroute2.netlink.exceptions import NetlinkError
+
         with ns.entered(), IPRoute() as ipr:
             idx = self.ifindex = ipr.link_lookup(ifname=ifname)[0]
-            ipr.tc("add", "clsact", idx)  # its own: close() removes it, filter and all
+            # Its own clsact: close() removes it, filter and all. A second dropper on the same
+            # interface (the other direction) shares the first one's and leaves it to that one.
+            try:
+                ipr.tc("add", "clsact", idx)
+                self.owns_qdisc = True
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                self.owns_qdisc = False
             ipr.tc("add-filter", "bpf", idx, fd=fn.fd, name="test-dropper", parent="ffff:fff3" if egress else "ffff:fff2",
                    direct_action=True)
 
@@ -99,6 +129,7 @@ class Dropper:
     def close(self) -> None:
         from pyroute2 import IPRoute
 
-        with self.ns.entered(), IPRoute() as ipr:
-            ipr.tc("del", "clsact", self.ifindex)
+        if self.owns_qdisc:
+            with self.ns.entered(), IPRoute() as ipr:
+                ipr.tc("del", "clsact", self.ifindex)
         self.bpf.cleanup()

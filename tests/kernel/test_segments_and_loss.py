@@ -3,6 +3,7 @@ requests answered again, requests held behind an unacknowledged answer)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.conftest import SITE_FILES
 from tests.kernel.kernel_path import assert_no_tcp_trouble, closing_fetches, lossy_veth
-from tests.support import NetNS, RawClient, Server, body_of
+from tests.support import NetNS, RawClient, Server, body_of, nstat
 
 
 def test_veth_with_full_checksums(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
@@ -218,4 +219,131 @@ def test_lost_answers_are_answered_again(veth, site: Path, drop: set[int]) -> No
         assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 6
         assert m["fileserver_requests_total{path=user}"] >= 1
         assert m["fileserver_kernel_retransmits_total"] == len(drop)  # answered again, counted once
+        assert_no_tcp_trouble(veth.client)
+
+
+def test_return_to_kernel_then_a_multi_segment_answer(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
+    """A connection comes back from userspace on a request whose ACK of userspace's last bytes
+    the server socket has not had (the client's pure ACK of them was lost, so it rides on the
+    request), and that request gets an answer of several segments, one of them lost. The socket
+    must be handed that ACK (as for a one-segment answer): otherwise it retransmits its bytes,
+    which translation puts inside the kernel's answer, with an ACK of the request."""
+    from tests.kernel.lossy import Dropper
+
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
+    # Server data segments reaching the client: 1 is the 404, 2..12 large.bin's 11: lose the last.
+    data = Dropper(veth.client, veth.client_if, 8080, {12})
+    # The client's pure ACKs: 1 completes the handshake, 2 (or 3) acknowledges the 404: lose them.
+    acks = Dropper(veth.client, veth.client_if, dport=8080, drop={2, 3}, egress=True, pure_acks=True)
+    try:
+        before = nstat(veth.server)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20)
+        assert c.get("/nope").startswith(b"HTTP/1.1 404")  # userspace
+        time.sleep(0.1)  # userspace says it owes nothing; the client's ACK of the 404 is lost
+        assert body_of(c.get("/large.bin")) == SITE_FILES["large.bin"]  # back in the kernel, 11 segments
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+        assert c.get("/nope").startswith(b"HTTP/1.1 404")  # and userspace again, in sync
+        c.close()
+        m = srv.metrics()
+        assert m["fileserver_kernel_returns_total"] >= 1
+        assert m["fileserver_requests_total{path=kernel}"] == 2
+        assert data.stats()[1] == 1 and acks.stats()[1] >= 1
+        # The server socket had every ACK it was owed: it never sent anything again.
+        after = nstat(veth.server)
+        assert after.get("TcpRetransSegs", 0) == before.get("TcpRetransSegs", 0), after
+        assert_no_tcp_trouble(veth.client)
+    finally:
+        acks.close()
+        data.close()
+        srv.stop()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+@pytest.mark.parametrize("path", ["/hot.txt", "/large.bin"], ids=["one-segment", "several-segments"])
+def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: str) -> None:  # type: ignore[no-untyped-def]
+    """The client sends its request and half-closes at once (shutdown(SHUT_WR)); the answer's
+    first segment is lost. The FIN must not reach the socket before the client has the answer
+    (the socket's ACK of it would acknowledge the request, which the client would then never send
+    again), and the request sent again (with the FIN: Linux collapses them) is recovered before
+    the FIN makes it a TCP-options pass. The same as the userspace path: the whole answer, then
+    the server's close."""
+    args = () if kernel else ("--no-kernel-cache",)
+    with lossy_veth(veth, site, *args, drop={1}, expect_kernel=kernel) as (srv, dropper):
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20)
+        c.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        c.sock.shutdown(socket.SHUT_WR)
+        assert body_of(c.read_response()) == SITE_FILES[path[1:]]
+        assert c.sock.recv(1) == b""  # then the server closes
+        c.close()
+        assert dropper.stats()[1] == 1
+        m = srv.metrics()
+        assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 1
+        assert_no_tcp_trouble(veth.client)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+def test_congestion_marks_reach_the_socket(veth, site: Path, kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    """ECN (RFC 3168): a router marks the client's second request Congestion Experienced. The
+    server socket must see that mark (it echoes ECE until the client's CWR), so the kernel passes
+    the request on rather than swallow it; the client's CWR that follows reaches it too. Every
+    answer is the same bytes as without ECN."""
+    from tests.kernel.lossy import Dropper
+
+    veth.client.run("sysctl", "-qw", "net.ipv4.tcp_ecn=1")  # the client asks for ECN; the server accepts (2)
+    args = () if kernel else ("--no-kernel-cache",)
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if, *args, expect_kernel=kernel)
+    marker = Dropper(veth.client, veth.client_if, dport=8080, drop={2}, egress=True, mark_ce=True)
+    try:
+        c = RawClient(veth.client, host="192.0.2.1", timeout=10)
+        for _ in range(6):
+            assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+            time.sleep(0.05)  # (a return to the kernel waits for userspace's note)
+        c.close()
+        assert marker.stats()[1] == 1
+        m = srv.metrics()
+        assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 6
+        if kernel:
+            assert m["fileserver_kernel_passes_total{reason=ecn}"] >= 1
+            assert m["fileserver_requests_total{path=user}"] >= 1  # the marked one, at least
+            assert m["fileserver_requests_total{path=kernel}"] >= 2  # the first, and again after the echo
+        assert_no_tcp_trouble(veth.client)
+    finally:
+        marker.close()
+        srv.stop()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+@pytest.mark.parametrize("timestamps", [True, False], ids=["timestamps", "no-timestamps"])
+def test_sack_after_kernel_answers(veth, site: Path, kernel: bool, timestamps: bool) -> None:  # type: ignore[no-untyped-def]
+    """After kernel answers (the deltas are not zero), the socket's own transfer of a large file
+    loses segments. The client's SACK blocks must reach the socket in its own sequence space:
+    neither blanked (the socket would repair one loss per round trip) nor shifted by the deltas
+    (Windows-style clients send a 12-byte SACK option without timestamps). The socket takes
+    every block it gets as valid (no TCPSACKDiscard), and the file is byte-exact."""
+    if not timestamps:
+        veth.client.run("sysctl", "-qw", "net.ipv4.tcp_timestamps=0")
+    args = () if kernel else ("--no-kernel-cache",)
+    # Server data segments at the client: 1-2 the kernel's answers, then big.bin's: lose some.
+    with lossy_veth(veth, site, *args, drop={5, 9, 14, 20, 21, 30, 41}, expect_kernel=kernel) as (srv, dropper):
+        before = nstat(veth.server)
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20)
+        for path in ("/hot.txt", "/style.css"):
+            assert body_of(c.get(path)) == SITE_FILES[path[1:]]
+        for _ in range(2):
+            assert body_of(c.get("/big.bin")) == SITE_FILES["big.bin"]
+        c.close()
+        assert dropper.stats()[1] == 7
+        after = nstat(veth.server)
+        grew = {k: after.get(k, 0) - before.get(k, 0) for k in ("TcpRetransSegs", "TcpExtTCPSACKDiscard",
+                "TcpExtTCPDSACKIgnoredOld", "TcpExtTCPSackRecoveryFail", "TcpExtTCPSlowStartRetrans")}
+        # As the userspace path alone: every loss repaired by fast retransmit from SACK (blanked
+        # blocks left it to timeouts: 19 slow-start retransmissions here; shifted ones were discarded
+        # or tagged the wrong bytes: failed recoveries), about one retransmission per loss.
+        assert grew["TcpExtTCPSACKDiscard"] == 0 and grew["TcpExtTCPDSACKIgnoredOld"] == 0, grew
+        assert grew["TcpExtTCPSackRecoveryFail"] == 0 and grew["TcpExtTCPSlowStartRetrans"] == 0, grew
+        assert grew["TcpRetransSegs"] <= 2 * 7, grew
+        if kernel:
+            m = srv.metrics()
+            assert m["fileserver_requests_total{path=kernel}"] == 2
+            assert m["fileserver_kernel_sack_options_total{action=translated}"] >= 1
         assert_no_tcp_trouble(veth.client)
