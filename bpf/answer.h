@@ -84,7 +84,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
          * socket would otherwise retransmit its last bytes into the middle of this answer. */
         if (cs->flags & CONN_SOCK_ACK) {
             struct resp_hdrs h = {};
-            ack_the_socket(skb, p, cs, &h);
+            if (!ack_the_socket(skb, p, cs, &h))
+                return PASS_TOO_BIG;                /* (the skb is intact: the socket gets it all) */
         }
         record_answer(cs, req_seq, p->payload_len, total, variant);
         cs->resp_id = ctx->ref.id;

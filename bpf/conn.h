@@ -6,39 +6,8 @@
 #include "segment.h"
 #include "sock.h"
 
-/* The path MTU towards the client that the route holds, if below the link's (an exception the
- * kernel learnt from an earlier ICMP error: a socket's, or one passed on by learn_path_mtu): 0
- * otherwise. p is the client's SYN; f is scratch space (the stack is full). */
-static __always_inline __u32 route_path_mtu(struct __sk_buff *skb, struct pkt *p, struct bpf_fib_lookup *f)
-{
-    __u32 ifindex = skb->ifindex;
-    __u32 *max_frame = if_max_frame.lookup(&ifindex);
-    if (!max_frame || *max_frame <= ETH_HLEN_ + IPV6_MIN_MTU)
-        return 0;
-    __builtin_memset(f, 0, sizeof(*f));
-    f->l4_protocol = IPPROTO_TCP;
-    f->sport = p->tcp.dest;                         /* we are the sender */
-    f->dport = p->tcp.source;
-    f->tot_len = *max_frame - ETH_HLEN_;            /* a packet as large as the link takes */
-    f->ifindex = ifindex;
-    if (p->v6) {
-        f->family = AF_INET6;
-        __builtin_memcpy(f->ipv6_src, p->daddr, 16);
-        __builtin_memcpy(f->ipv6_dst, p->saddr, 16);
-    } else {
-        f->family = AF_INET;
-        f->ipv4_src = p->daddr[3];
-        f->ipv4_dst = p->saddr[3];
-    }
-    /* An output lookup (no forwarding needed): FRAG_NEEDED says the route's MTU is below tot_len. */
-    long r = bpf_fib_lookup(skb, f, sizeof(*f), BPF_FIB_LOOKUP_OUTPUT);
-    return r == BPF_FIB_LKUP_RET_FRAG_NEEDED ? f->mtu_result : 0;
-}
-
-/* A client's SYN: a new connection, with what its options say (window scale, MSS) and what the
- * route knows of the path (f: scratch space for its lookup). */
-static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb,
-                                           struct bpf_fib_lookup *f)
+/* A client's SYN: a new connection, with what its options say (window scale, MSS). */
+static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb)
 {
     struct conn_state cs = {};
     int ws = parse_wscale(skb, p);
@@ -46,7 +15,6 @@ static __always_inline void new_connection(struct pkt *p, struct conn_key *k, st
     cs.flags = ws < 0 ? 0 : CONN_WS_OK;
     cs.next_seq = bpf_ntohl(p->tcp.seq) + 1;
     cs.client_mss = parse_mss(skb, p);
-    cs.path_mtu = route_path_mtu(skb, p, f);
     cs.last_seen_ns = bpf_ktime_get_ns();
     if (conn_state.update(k, &cs) != 0)
         COUNT_ERR(ERR_CONN_FULL);
@@ -86,12 +54,16 @@ static __always_inline int syn_on_live_connection(struct __sk_buff *skb, struct 
 
 /* An ICMP error about a segment of the connection (p: the quoted one, server -> client) says the
  * path's MTU is mtu: a router on the way has a smaller one than either end (RFC 1191, RFC 8201).
- * - The kernel's segments keep to it from now on (seg_payload), and the segments of an answer in
- *   flight are sent again at that size (in_flight).
+ * - If it quotes a segment of the kernel's last answer (as Linux checks the quoted sequence number
+ *   against what it has in flight, RFC 5927 section 4.1: a blind error changes nothing), the
+ *   kernel's segments keep to the new size from now on (seg_payload), and so do the resends of an
+ *   answer in flight (in_flight). An IPv4 path below 552 bytes (Linux's min_pmtu, under which its
+ *   own socket sends without DF) takes no kernel segment: later answers pass to userspace, and
+ *   one in flight, which cannot be completed, is aborted (userspace resets the connection).
  * - The error goes on to the socket, translated into its sequence space: Linux's TCP believes
- *   an error only if it quotes a sequence number from snd_una to snd_nxt (RFC 5927 section 4.1).
- *   One the kernel sent maps to the socket's snd_nxt, so the socket, and its route for later
- *   connections (route_path_mtu), learn the path's MTU as well. */
+ *   an error only if it quotes a sequence number from snd_una to snd_nxt. One the kernel sent maps
+ *   to the socket's snd_nxt, so the socket, and its route, learn the path's MTU as well: a later
+ *   connection's socket starts from it, and its MSS bounds the kernel's segments (sock.h). */
 static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p, struct conn_key *k, __u32 mtu,
                                            __u32 seq_off, __u32 csum_off)
 {
@@ -101,16 +73,22 @@ static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p,
     struct conn_state *cs = conn_state.lookup(k);
     if (!cs)
         return;
-    __u32 now = cs->path_mtu ? cs->path_mtu : 0xffff;
-    if (mtu >= (p->v6 ? IPV6_MIN_MTU : IPV4_MIN_PMTU) && mtu < now) {
-        cs->path_mtu = mtu;
-        __u32 seg = mtu - ip_hlen(p) - tcp_hdr_len(cs->flags & CONN_TS_SEEN);
-        if (cs->seg_size > seg)
-            cs->seg_size = seg;                     /* (an answer in flight: its resends) */
-        COUNT(path_mtu);
-    }
     __u32 seq = bpf_ntohl(p->tcp.seq), start = cs->srv_next - cs->last_resp_len;
     int ours = (cs->flags & CONN_ANSWERED) && (__s32)(seq - start) >= 0 && (__s32)(seq - cs->srv_next) < 0;
+    __u32 now = cs->path_mtu ? cs->path_mtu : 0xffff;
+    if (ours && mtu < now) {
+        __u32 hdrs = ip_hlen(p) + tcp_hdr_len(cs->flags & CONN_TS_SEEN);
+        if (mtu < (p->v6 ? IPV6_MIN_MTU : IPV4_MIN_PMTU) || mtu <= hdrs) {
+            cs->path_mtu = 1;                       /* (seg_payload: no room) */
+            if (cs->flags & CONN_UNACKED)
+                tell_close(k, CLOSE_ABORT);
+        } else {
+            cs->path_mtu = mtu;
+            if (cs->seg_size > mtu - hdrs)
+                cs->seg_size = mtu - hdrs;          /* (an answer in flight: its resends) */
+        }
+        COUNT(path_mtu);
+    }
     __u32 sock = ours ? cs->srv_next - cs->delta_out : seq - cs->delta_out;
     if (sock != seq) {
         __be32 old = p->tcp.seq, new = bpf_htonl(sock);
@@ -119,13 +97,19 @@ static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p,
     }
 }
 
-/* The client has every byte of an answer that ends the connection: userspace may now close
- * the socket, whose FIN then follows the answer. Not before: the kernel can resend a lost
- * answer only while the socket has sent nothing after it. */
-static __always_inline void note_close_acked(struct pkt *p, struct conn_key *k, struct conn_state *cs)
+/* What a client segment's ACK says of the kernel's last answer, once it covers all of it:
+ * - the answer can no longer be undone: a copy of its request arriving late (reordered behind
+ *   later traffic) is stale, not a sign of loss, and must not move the deltas back;
+ * - for an answer that ends the connection, userspace may now close the socket, whose FIN then
+ *   follows the answer. Not before: the kernel can resend a lost answer only while the socket has
+ *   sent nothing after it. */
+static __always_inline void note_client_ack(struct pkt *p, struct conn_key *k, struct conn_state *cs)
 {
-    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING && p->tcp.ack &&
-        (__s32)(bpf_ntohl(p->tcp.ack_seq) - cs->srv_next) >= 0) {
+    if (!p->tcp.ack || (__s32)(bpf_ntohl(p->tcp.ack_seq) - cs->srv_next) < 0)
+        return;
+    if (cs->flags & CONN_UNDOABLE)
+        cs->flags &= ~CONN_UNDOABLE;
+    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING) {
         cs->flags |= CONN_CLOSE_ACKED;
         tell_close(k, CLOSE_NOW);
     }
@@ -159,7 +143,7 @@ static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, 
     cs->delta_out += total;
     cs->next_seq = req_seq + req_len;
     cs->srv_next += total;
-    cs->flags |= CONN_ANSWERED;
+    cs->flags |= CONN_ANSWERED | CONN_UNDOABLE;
     if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
         cs->flags |= CONN_CLOSING;
 }
@@ -178,12 +162,13 @@ static __always_inline int recover_answer(struct pkt *p, struct conn_state *cs, 
      * answer: the answer was lost. Undo it exactly (the server socket never saw either side), then
      * answer afresh, with current bytes, or pass it on. Deltas are never counted twice. Nothing
      * of it is in flight any more (a FIN with the request again reaches this for a longer one). */
-    if (p->payload_len && seq == cs->last_req_seq && ack == cs->srv_next - cs->last_resp_len) {
+    if ((cs->flags & CONN_UNDOABLE) && p->payload_len && seq == cs->last_req_seq &&
+        ack == cs->srv_next - cs->last_resp_len) {
         cs->delta_in -= cs->last_req_len;
         cs->delta_out -= cs->last_resp_len;
         cs->next_seq = seq;
         cs->srv_next -= cs->last_resp_len;
-        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING | CONN_UNACKED);
+        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING | CONN_UNACKED | CONN_UNDOABLE);
         *rolled_back = 1;
         return FS_CONTINUE;
     }
@@ -255,18 +240,22 @@ static __always_inline int ack_the_socket(struct __sk_buff *skb, struct pkt *p, 
 static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs)
 {
     struct pkt *p = &ctx->p;
-    if (p->tcp.syn || p->tcp.rst || p->tcp.fin || !p->tcp.ack)
+    if (p->tcp.syn || p->tcp.rst || !p->tcp.ack)
         return FS_CONTINUE;                         /* the socket handles those (and acknowledges) */
     __u32 ack = bpf_ntohl(p->tcp.ack_seq), seq = bpf_ntohl(p->tcp.seq);
     __u32 total = cs->last_resp_len, start = cs->srv_next - total;
     if ((__s32)(ack - start) < 0)
         return FS_CONTINUE;                         /* from before the answer */
     int whole = (__s32)(ack - cs->srv_next) >= 0;
-    int request_again = p->payload_len && seq == cs->last_req_seq;
+    /* The request sent again (with a FIN if the client half-closed: Linux collapses the two), or
+     * the FIN alone while the client lacks part of the answer (its tail-loss probe or the FIN's own
+     * retransmission): either says what the client has, and calls for the rest. */
+    int request_again = p->payload_len ? seq == cs->last_req_seq : p->tcp.fin;
     if (whole) {
         cs->flags &= ~CONN_UNACKED;
-        if (p->payload_len && !request_again)
-            return FS_CONTINUE;                     /* the next request acknowledges it all */
+        if (p->tcp.fin || (p->payload_len && !request_again))
+            return FS_CONTINUE;                     /* the next request acknowledges it all, or the
+                                                     * socket's ACK of the FIN does */
     } else if (p->payload_len && !request_again) {
         return FS_HOLD;                             /* a request behind the answer: it must wait */
     }

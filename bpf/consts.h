@@ -36,10 +36,6 @@
  * (RFC 8200 section 5). A report below is ignored, as the kernel's own TCP would clamp it. */
 #define IPV4_MIN_PMTU 552
 #define IPV6_MIN_MTU 1280
-#ifndef AF_INET
-#define AF_INET 2               /* bpf_fib_lookup's family (include/linux/socket.h, not UAPI here) */
-#define AF_INET6 10
-#endif
 
 /* Field offsets in the TCP header (RFC 9293 section 3.1). */
 #define TCP_SEQ_OFF 4
@@ -167,6 +163,7 @@
 #define CONN_UNACKED 128        /* a multi-segment answer the client has not wholly acknowledged (and
                                  * whose request the kernel has not acknowledged yet) */
 #define CONN_SOCK_UP 256        /* the server socket was seen established (bpf/sock.h) */
+#define CONN_UNDOABLE 512       /* the last answer may still be undone: no client ACK has covered it */
 
 /* Response variants: how aiohttp answers each form of request, reproduced byte for byte. The
  * stored bytes are the first; the others differ in the status line's version digit and/or one

@@ -77,8 +77,9 @@ static __always_inline __u32 parse_too_big(struct __sk_buff *skb, struct pkt *p,
     __u32 mtu, quoted;
     if (p->eth.h_proto == bpf_htons(ETH_P_IP)) {
         struct iphdr ip;
-        if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_ICMP || ip.ihl < 5)
-            return 0;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_ICMP || ip.ihl < 5 ||
+            (ip.frag_off & bpf_htons(0x1fff)))
+            return 0;                               /* (a later fragment holds no ICMP header) */
         __u32 at = ETH_HLEN_ + ip.ihl * 4;
         if (bpf_skb_load_bytes(skb, at, icmp, sizeof(icmp)) < 0 || icmp[0] != ICMP_DEST_UNREACH ||
             icmp[1] != ICMP_FRAG_NEEDED)

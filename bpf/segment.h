@@ -146,8 +146,8 @@ static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u
 }
 
 /* Payload bytes one segment may carry: what the link's frame and the path's MTU hold (with thl
- * bytes of TCP header) and the client's MSS (which excludes TCP options: RFC 9293 section 3.7.1).
- * 0: none. */
+ * bytes of TCP header), the server socket's own MSS (the route's path MTU), and the client's MSS
+ * (which excludes TCP options: RFC 9293 section 3.7.1). 0: none. */
 static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_state *cs, __u32 l3, __u32 thl)
 {
     __u32 ifindex = skb->ifindex;
@@ -160,6 +160,8 @@ static __always_inline __u32 seg_payload(struct __sk_buff *skb, struct conn_stat
     if (link <= ETH_HLEN_ + l3 + thl)
         return 0;
     __u32 seg = link - ETH_HLEN_ - l3 - thl;
+    if (cs->sock_mss && cs->sock_mss < seg)
+        seg = cs->sock_mss;                         /* what the socket itself would send (sock.h) */
     __u32 opts = thl - TCP_HLEN;
     __u32 mss = cs->client_mss > opts ? cs->client_mss - opts : 0;
     return mss < seg ? mss : seg;

@@ -26,13 +26,20 @@ static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *s
  * it keeps no state at all), yet the client believes the connection is up and sends its request.
  * Answered here, that request would be acknowledged, the client would never send it again, and
  * the socket, never created, could never close: the client would wait for ever. Passed on, the
- * request's ACK completes the handshake, or is dropped and retransmitted like any segment. */
-static __always_inline int server_socket_up(struct __sk_buff *skb, struct pkt *p, struct bpf_sock_tuple *t)
+ * request's ACK completes the handshake, or is dropped and retransmitted like any segment.
+ * Returns 0 if it is not, else the socket's MSS (mss_cache: the payload of one of its segments
+ * towards the client, after the route's path MTU, which may be an exception learnt from an ICMP
+ * error on an earlier connection, the client's MSS and the timestamp option), or 0xffff. */
+static __always_inline __u32 server_socket_mss(struct __sk_buff *skb, struct pkt *p, struct bpf_sock_tuple *t)
 {
     struct bpf_sock *sk = lookup_server_socket(skb, p, t);
     if (!sk)
         return 0;
-    int up = sk->state == BPF_TCP_ESTABLISHED;
+    __u32 mss = 0;
+    if (sk->state == BPF_TCP_ESTABLISHED) {
+        struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+        mss = tp && tp->mss_cache && tp->mss_cache < 0xffff ? tp->mss_cache : 0xffff;
+    }
     bpf_sk_release(sk);
-    return up;
+    return mss;
 }

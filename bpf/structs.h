@@ -85,9 +85,9 @@ struct conn_state {
     __u16 seg_size;         /* payload bytes per segment */
     __u16 client_mss;       /* from the client's SYN */
     __u32 fast_ack;         /* last duplicate ACK a segment was resent for (once per hole) */
-    __u16 path_mtu;         /* the path's MTU (IP packet bytes) if below the link's: an ICMP error
-                             * about our segment said so, or the route knew it at the SYN; 0: none */
-    __u16 pad3;
+    __u16 path_mtu;         /* the path's MTU (IP packet bytes) if an ICMP error about a kernel
+                             * segment said it is below the link's; 0: none; 1: below any we send */
+    __u16 sock_mss;         /* the server socket's MSS when first seen established (sock.h) */
 };
 
 /* user_idle value: what userspace had read from and written to a connection's socket when it last
@@ -182,10 +182,7 @@ struct answer_ctx {
     __u32 tsval;
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
-    union {
-        struct bpf_sock_tuple tuple;    /* for the server socket's lookup (bpf/sock.h) */
-        struct bpf_fib_lookup fib;      /* for the route's path MTU at a SYN (conn.h) */
-    };
+    struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
 };
 
 /* fs_egress's segment and key (off its stack, which would overflow). */

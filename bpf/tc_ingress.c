@@ -61,8 +61,10 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     if (!rb || !ctx)
         return PASS_TOO_LONG;
     if (!(cs->flags & CONN_SOCK_UP)) {              /* once per connection: it stays up until it closes */
-        if (!server_socket_up(skb, p, &ctx->tuple))
+        __u32 mss = server_socket_mss(skb, p, &ctx->tuple);
+        if (!mss)
             return PASS_HANDSHAKE;
+        cs->sock_mss = mss;
         cs->flags |= CONN_SOCK_UP;
     }
     ctx->rolled_back = *rolled_back;
@@ -123,7 +125,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     conn_key_of(k, p, 1);
     if (p->tcp.syn) {
         if (!p->tcp.ack && !syn_on_live_connection(skb, p, k, &ctx->tuple))
-            new_connection(p, k, skb, &ctx->fib);
+            new_connection(p, k, skb);
         return FS_PASS;
     }
     struct conn_state *cs = conn_state.lookup(k);
@@ -133,7 +135,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         return FS_PASS;
     }
     cs->last_seen_ns = bpf_ktime_get_ns();
-    note_close_acked(p, k, cs);
+    note_client_ack(p, k, cs);
 
     /* Loss recovery of a multi-segment answer the client does not wholly have yet. */
     if (cs->flags & CONN_UNACKED) {

@@ -36,7 +36,7 @@ static __always_inline void xlate_sack(struct __sk_buff *skb, struct pkt *p, __u
     __builtin_memcpy(orig, opt, sizeof(orig));
     /* The SACK option (at most one per segment, RFC 2018). */
     __u32 at = 0, len = 0;
-    if (!tcp_find_option(opt, olen, TCPOPT_SACK, &at, &len))
+    if (!tcp_find_option(opt, olen, TCPOPT_SACK, &at, &len) || at + len > olen)
         return;
     __u32 n = (len - 2) % TCPOLEN_SACK_PERBLOCK ? 0 : (len - 2) / TCPOLEN_SACK_PERBLOCK;   /* (odd length: none) */
     __u32 kept = 0;
@@ -51,8 +51,8 @@ static __always_inline void xlate_sack(struct __sk_buff *skb, struct pkt *p, __u
         __builtin_memcpy(&right, opt + from + 4, 4);
         left = bpf_ntohl(left);
         right = bpf_ntohl(right);
-        if ((__s32)(right - floor) <= 0)
-            continue;
+        if ((__s32)(right - left) <= 0 || (__s32)(right - floor) <= 0)
+            continue;                               /* (an empty or reversed block names nothing) */
         if ((__s32)(left - floor) < 0)
             left = floor;
         left = bpf_htonl(left + delta);

@@ -259,16 +259,17 @@ def test_return_to_kernel_then_a_multi_segment_answer(veth, site: Path) -> None:
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
-@pytest.mark.parametrize("path", ["/hot.txt", "/large.bin"], ids=["one-segment", "several-segments"])
-def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: str) -> None:  # type: ignore[no-untyped-def]
-    """The client sends its request and half-closes at once (shutdown(SHUT_WR)); the answer's
-    first segment is lost. The FIN must not reach the socket before the client has the answer
-    (the socket's ACK of it would acknowledge the request, which the client would then never send
-    again), and the request sent again (with the FIN: Linux collapses them) is recovered before
-    the FIN makes it a TCP-options pass. The same as the userspace path: the whole answer, then
-    the server's close."""
+@pytest.mark.parametrize(("path", "lost"), [("/hot.txt", 1), ("/large.bin", 1), ("/large.bin", 11)],
+                         ids=["one-segment", "several-first-lost", "several-last-lost"])
+def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: str, lost: int) -> None:  # type: ignore[no-untyped-def]
+    """The client sends its request and half-closes at once (shutdown(SHUT_WR)); a segment of the
+    answer is lost. The FIN must not reach the socket before the client has the answer (the
+    socket's ACK of it would acknowledge the request, which the client would then never send
+    again); the request sent again (with the FIN: Linux collapses them), or the FIN alone after a
+    tail loss, is recovered from before the FIN makes it a TCP-options pass. The same as the
+    userspace path: the whole answer, then the server's close."""
     args = () if kernel else ("--no-kernel-cache",)
-    with lossy_veth(veth, site, *args, drop={1}, expect_kernel=kernel) as (srv, dropper):
+    with lossy_veth(veth, site, *args, drop={lost}, expect_kernel=kernel) as (srv, dropper):
         c = RawClient(veth.client, host="192.0.2.1", timeout=20)
         c.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         c.sock.shutdown(socket.SHUT_WR)
