@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
+
+
+def rfc1071_sum(data: bytes) -> int:
+    """The one's complement sum of 16-bit words in network byte order (RFC 1071), folded: the tests'
+    own reference, independent of the production code's."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
 
 
 def in_ci() -> bool:

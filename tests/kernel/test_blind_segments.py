@@ -18,25 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SITE_FILES
-from tests.support import NetNS, RawClient, body_of, nstat
+from tests.support import NetNS, RawClient, body_of, nstat, rfc1071_sum
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def tcp_segment(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
     """A bare TCP header (no options, no payload) with a correct checksum."""
     hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(hdr))
-    return hdr[:16] + struct.pack("!H", _checksum(pseudo + hdr)) + hdr[18:]
+    return hdr[:16] + struct.pack("!H", ~rfc1071_sum(pseudo + hdr) & 0xFFFF) + hdr[18:]
 
 
 def inject(ns: NetNS, segment: bytes, dst: str) -> None:
