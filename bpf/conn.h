@@ -84,8 +84,9 @@ static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p,
                 tell_close(k, CLOSE_ABORT);
         } else {
             cs->path_mtu = mtu;
-            if (cs->seg_size > mtu - hdrs)
-                cs->seg_size = mtu - hdrs;          /* (an answer in flight: its resends) */
+            __u32 seg = seg_payload(skb, cs, ip_hlen(p), tcp_hdr_len(cs->flags & CONN_TS_SEEN));
+            if (seg && cs->seg_size > seg)
+                cs->seg_size = seg;                 /* (an answer in flight: its resends) */
         }
         COUNT(path_mtu);
     }

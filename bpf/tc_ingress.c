@@ -30,8 +30,10 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     if (p->payload_len == 0 && !p->tcp.fin)
         return FS_NO_REQUEST;
     int r = recover_answer(p, cs, rolled_back);     /* first: see there */
-    if (r != FS_CONTINUE || p->payload_len == 0)
-        return r == FS_CONTINUE ? FS_NO_REQUEST : r;
+    if (r != FS_CONTINUE)
+        return r;
+    if (p->payload_len == 0)
+        return FS_NO_REQUEST;                       /* a FIN alone, with nothing to hold: the socket's */
     if ((cs->flags & CONN_USER) && !back_to_kernel(skb, p, k, cs))
         return PASS_USER_OWNED;
     if (p->tcp.fin || p->tcp.rst || p->tcp.urg || !p->tcp.ack)

@@ -233,9 +233,17 @@ def nstat(ns: NetNS) -> dict[str, int]:
 class RawClient:
     """One keep-alive connection that returns each response's exact bytes."""
 
-    def __init__(self, ns: NetNS, host: str = "127.0.0.1", port: int = 8080, timeout: float = 5, nodelay: bool = True) -> None:
+    def __init__(self, ns: NetNS, host: str = "127.0.0.1", port: int = 8080, timeout: float = 5, nodelay: bool = True,
+                 rcvbuf: int = 0) -> None:
+        """rcvbuf: a receive buffer set before connecting (so the window it scales to is small)."""
         with ns.entered():
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            if rcvbuf:
+                self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                self.sock.settimeout(timeout)
+                self.sock.connect((host, port))
+            else:
+                self.sock = socket.create_connection((host, port), timeout=timeout)
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""

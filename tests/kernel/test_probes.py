@@ -41,13 +41,7 @@ def test_zero_window_probes_after_kernel_answers(netns: NetNS, site: Path, serve
     """The client stops reading a 300 KB sendfile answer, after kernel answers: its window closes,
     the socket probes it, then the client reads on and gets every byte."""
     srv = server_factory(site, "--hot-after", "0", *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
-    with netns.entered():
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, closed soon
-    s.settimeout(20)
-    s.connect(("127.0.0.1", 8080))
-    c = RawClient.__new__(RawClient)
-    c.sock, c.buf = s, b""
+    c = RawClient(netns, timeout=20, rcvbuf=4096)  # a small window, closed soon
     for path in ("/hot.txt", "/style.css"):
         assert body_of(c.get(path)) == SITE_FILES[path[1:]]
     probes = nstat(netns).get("TcpExtTCPWinProbe", 0)
