@@ -54,8 +54,9 @@ DATA_FOLLOWS_HEADER(5);
  * Inlined once per size class so `size` is a constant the verifier can bound reads with.
  * `variant` (VAR_*) says how the stored bytes become aiohttp's answer to this form of request: a
  * header line inserted at hx, where the head's final CRLF starts, and/or "HTTP/1.0"; body_csum is
- * already that variant's sum. Returns FS_REDIRECT (the skb is the answer), FS_ANSWER_SEGMENTS,
- * FS_DROP (the request was overwritten: the client retransmits it) or a pass reason. */
+ * already that variant's sum. The answer is committed under a claim (conn_sync.h) made before the
+ * skb changes. Returns FS_REDIRECT (the skb is the answer), FS_ANSWER_SEGMENTS, FS_DROP (the
+ * request was overwritten: the client retransmits it), FS_RACE or a pass reason. */
 static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs,
                                      __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
                                      const __u32 date_off, __u8 *date, __u32 hx, __u32 variant, const int kind)
@@ -79,15 +80,19 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
          * variant's header line must sit in the first segment. */
         if (kind != KIND_FULL || seg < MIN_SEG_PAYLOAD || hx + extra > seg || total > seg * MAX_SEGS)
             return PASS_TOO_BIG;
+        if (!conn_claim(cs, ctx->version))
+            return FS_RACE;
         /* Back from userspace on a request carrying the ACK the socket is owed: hand it over
          * first, as for a one-segment answer (the segment sender rebuilds the skb whole). The
          * socket would otherwise retransmit its last bytes into the middle of this answer. */
         if (cs->flags & CONN_SOCK_ACK) {
             struct resp_hdrs h = {};
-            if (!ack_the_socket(skb, p, cs, &h))
+            if (!ack_the_socket(skb, p, cs, &h)) {
+                conn_release(cs);
                 return PASS_TOO_BIG;                /* (the skb is intact: the socket gets it all) */
+            }
         }
-        record_answer(cs, req_seq, p->payload_len, total, variant);
+        record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back);
         cs->resp_id = ctx->ref.id;
         cs->resp_cls = ctx->ref.cls;
         cs->resp_kind = kind;
@@ -98,7 +103,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
          * loss then makes the client send the request again, which says (in its ACK) what it
          * has, so a lost segment is always recovered, without a timer here (DESIGN.md section 4,
          * option 1). The pure ACK follows the client's ACK of the whole answer. */
-        cs->flags |= CONN_UNACKED;
+        CONN_SET(cs, CONN_UNACKED);
+        ctx->version = conn_release(cs);
         ctx->seg_off = 0;
         ctx->seg_end = total;
         ctx->seg_resend = 0;
@@ -111,6 +117,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     if (frame > MAX_FRAME)
         return PASS_TOO_BIG;
 
+    if (!conn_claim(cs, ctx->version))
+        return FS_RACE;
     struct resp_hdrs h = {};
     int acked = 0;
     if (cs->flags & CONN_SOCK_ACK) {
@@ -126,6 +134,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
+        conn_release(cs);
         COUNT_ERR(ERR_CHANGE_TAIL);
         return acked ? FS_DROP : PASS_TOO_BIG;      /* (no request left to pass: it comes again) */
     }
@@ -134,13 +143,15 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     __u32 poff = ETH_HLEN_ + l3 + thl;
     err |= store_variant(skb, poff, data, rlen, hx, variant, extra, date, date_off, size);
     if (err) {
+        conn_release(cs);
         COUNT_ERR(ERR_STORE);
         return FS_DROP;
     }
 
     store_tcp_csum(skb, l3, psum, (__u64)hsum + body_csum + dsum, 0, 0, NULL);
 
-    record_answer(cs, req_seq, p->payload_len, total, variant);
+    record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back);
+    conn_release(cs);
     skb->mark = KERNEL_MARK;
     return FS_REDIRECT;
 }

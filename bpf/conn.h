@@ -3,6 +3,7 @@
  * ended, and the way back from userspace to the kernel, with the ACK the server socket is owed
  * then (ack_the_socket). Translation itself is tcp_xlate.h's. */
 #pragma once
+#include "conn_sync.h"
 #include "segment.h"
 #include "sock.h"
 
@@ -109,11 +110,11 @@ static __always_inline void note_client_ack(struct pkt *p, struct conn_key *k, s
     if (!p->tcp.ack || (__s32)(bpf_ntohl(p->tcp.ack_seq) - cs->srv_next) < 0)
         return;
     if (cs->flags & CONN_UNDOABLE)
-        cs->flags &= ~CONN_UNDOABLE;
-    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING) {
-        cs->flags |= CONN_CLOSE_ACKED;
+        CONN_CLEAR(cs, CONN_UNDOABLE);
+    /* (told once: the ACK can be on two CPUs at once, and only one sets the bit) */
+    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING &&
+        !(CONN_SET(cs, CONN_CLOSE_ACKED) & CONN_CLOSE_ACKED))
         tell_close(k, CLOSE_NOW);
-    }
 }
 
 /* Our TSval (network order) for a segment answering one whose TSecr is `tsecr`. RFC 7323 section
@@ -128,15 +129,31 @@ static __always_inline __u32 our_tsval(struct conn_state *cs, __u32 tsecr)
     if ((cs->flags & CONN_TS_SEEN) && (__s32)(cs->srv_tsval - tsval) > 0)
         tsval = cs->srv_tsval;
     cs->srv_tsval = tsval;
-    cs->flags |= CONN_TS_SEEN;
+    if (!(cs->flags & CONN_TS_SEEN))
+        CONN_SET(cs, CONN_TS_SEEN);
     return bpf_htonl(tsval);
 }
 
-/* The kernel answered the request at req_seq (req_len bytes) with total bytes: the socket will
- * never see either, so the deltas grow; last_* keep what a retransmitted request needs. */
-static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, __u32 req_len, __u32 total,
-                                          __u32 variant)
+/* Undo the kernel's last answer exactly (the server socket never saw either side): its request is
+ * unanswered again. The caller holds the claim (conn_sync.h). */
+static __always_inline void undo_answer(struct conn_state *cs)
 {
+    cs->delta_in -= cs->last_req_len;
+    cs->delta_out -= cs->last_resp_len;
+    cs->next_seq = cs->last_req_seq;
+    cs->srv_next -= cs->last_resp_len;
+    CONN_CLEAR(cs, CONN_ANSWERED | CONN_CLOSING | CONN_UNACKED | CONN_UNDOABLE);
+}
+
+/* The kernel answered the request at req_seq (req_len bytes) with total bytes: the socket will
+ * never see either, so the deltas grow; last_* keep what a retransmitted request needs. An undo
+ * the segment called for (recover_answer) comes first, in the same change. The caller holds the
+ * claim (conn_sync.h). */
+static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, __u32 req_len, __u32 total,
+                                          __u32 variant, int undo)
+{
+    if (undo)
+        undo_answer(cs);
     cs->last_req_seq = req_seq;
     cs->last_req_len = req_len;
     cs->last_resp_len = total;
@@ -144,32 +161,30 @@ static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, 
     cs->delta_out += total;
     cs->next_seq = req_seq + req_len;
     cs->srv_next += total;
-    cs->flags |= CONN_ANSWERED | CONN_UNDOABLE;
-    if (variant == VAR_CLOSE11 || variant == VAR_CLOSE10)
-        cs->flags |= CONN_CLOSING;
+    CONN_SET(cs, CONN_ANSWERED | CONN_UNDOABLE |
+                 (variant == VAR_CLOSE11 || variant == VAR_CLOSE10 ? CONN_CLOSING : 0));
 }
 
 /* Recovery of the kernel's last answer, for a segment with data or a FIN. It comes before every
  * reason to pass the segment on (the socket's ownership, TCP options, a stale heartbeat): passed
  * with the answer still counted in the deltas, a request sent again would reach the socket as old
- * data, which it acknowledges, and the answer would never be sent again. Undoes the last answer
- * (*rolled_back = 1) when the segment says it was lost. Returns FS_CONTINUE or FS_HOLD. */
+ * data, which it acknowledges, and the answer would never be sent again. Sets *rolled_back when
+ * the segment says the answer was lost: the answer is then undone, but only together with what
+ * becomes of the request, the new answer (record_answer) or the pass to userspace (keep_order),
+ * in one change (conn_sync.h). An undo on its own would be wrong whenever the segment was a
+ * duplicate the client sent, or the network made, after all: a CPU that loses the race for the
+ * change must leave the answer in place. Returns FS_CONTINUE or FS_HOLD. */
 static __always_inline int recover_answer(struct pkt *p, struct conn_state *cs, int *rolled_back)
 {
     if (!(cs->flags & CONN_ANSWERED) || !p->tcp.ack)
         return FS_CONTINUE;
     __u32 seq = bpf_ntohl(p->tcp.seq), ack = bpf_ntohl(p->tcp.ack_seq);
     /* The client retransmits a request the kernel answered, and has acknowledged none of the
-     * answer: the answer was lost. Undo it exactly (the server socket never saw either side), then
-     * answer afresh, with current bytes, or pass it on. Deltas are never counted twice. Nothing
-     * of it is in flight any more (a FIN with the request again reaches this for a longer one). */
+     * answer: the answer was lost. Undo it (undo_answer), then answer afresh, with current bytes,
+     * or pass it on. Deltas are never counted twice. Nothing of it is in flight any more (a FIN
+     * with the request again reaches this for a longer one). */
     if ((cs->flags & CONN_UNDOABLE) && p->payload_len && seq == cs->last_req_seq &&
         ack == cs->srv_next - cs->last_resp_len) {
-        cs->delta_in -= cs->last_req_len;
-        cs->delta_out -= cs->last_resp_len;
-        cs->next_seq = seq;
-        cs->srv_next -= cs->last_resp_len;
-        cs->flags &= ~(CONN_ANSWERED | CONN_CLOSING | CONN_UNACKED | CONN_UNDOABLE);
         *rolled_back = 1;
         return FS_CONTINUE;
     }
@@ -184,10 +199,13 @@ static __always_inline int recover_answer(struct pkt *p, struct conn_state *cs, 
     return FS_CONTINUE;
 }
 
-/* Can the kernel answer this request in the connection's current state? FS_CONTINUE, or the pass
- * reason why not. */
-static __always_inline int in_sync(struct pkt *p, struct conn_state *cs)
+/* Can the kernel answer this request in the connection's current state (undone, if rolled_back:
+ * recover_answer checked it is the undone answer's request)? FS_CONTINUE, or the pass reason why
+ * not. */
+static __always_inline int in_sync(struct pkt *p, struct conn_state *cs, int rolled_back)
 {
+    if (rolled_back)
+        return FS_CONTINUE;
     /* After an answer that ends the connection, nothing more is answered here (a client that
      * sends more anyway meets the server socket, which userspace is closing). */
     if (cs->flags & CONN_CLOSING)
@@ -222,7 +240,7 @@ static __always_inline int ack_the_socket(struct __sk_buff *skb, struct pkt *p, 
         write_ts_option(hp->ts, p->tsval, p->tsecr);
     __u32 psum;
     __u32 hsum = header_sum(hp, p->v6, p->has_ts, 0, &psum);
-    cs->flags &= ~CONN_SOCK_ACK;
+    CONN_CLEAR(cs, CONN_SOCK_ACK);
     if (bpf_skb_change_tail(skb, ETH_HLEN_ + ip_hlen(p) + thl, 0) < 0)
         return 0;                                   /* the socket learns it from a later segment */
     long err = store_hdrs(skb, hp, p->v6, p->has_ts);
@@ -253,7 +271,8 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *c
      * retransmission): either says what the client has, and calls for the rest. */
     int request_again = p->payload_len ? seq == cs->last_req_seq : p->tcp.fin;
     if (whole) {
-        cs->flags &= ~CONN_UNACKED;
+        if (cs->flags & CONN_UNACKED)
+            CONN_CLEAR(cs, CONN_UNACKED);
         if (p->tcp.fin || (p->payload_len && !request_again))
             return FS_CONTINUE;                     /* the next request acknowledges it all, or the
                                                      * socket's ACK of the FIN does */
@@ -302,9 +321,10 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *c
  * left to do. The socket itself (bpf_tcp_sock) says how many it has received; this segment's
  * acknowledgement (it usually rides on the next request) must cover every byte userspace wrote,
  * which also proves none is still queued in the socket. The socket's rcv_nxt and snd_nxt then
- * re-anchor the kernel's view of both streams. */
+ * re-anchor the kernel's view of both streams, under a claim from *version (conn_sync.h), which
+ * then holds the new version. Returns 1 (back), 0 (not yet) or FS_RACE. */
 static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, struct conn_key *k,
-                                          struct conn_state *cs)
+                                          struct conn_state *cs, __u64 *version)
 {
     struct user_idle *idle = user_idle.lookup(k);
     if (!idle)
@@ -323,15 +343,19 @@ static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, 
     __u32 seq = bpf_ntohl(p->tcp.seq) - cs->delta_in;
     if (tp && sk->state == BPF_TCP_ESTABLISHED && tp->bytes_received == idle->consumed && tp->snd_nxt == ack &&
         tp->rcv_nxt == seq) {
-        cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands (= this seq) */
-        cs->srv_next = tp->snd_nxt + cs->delta_out;
-        cs->flags &= ~(CONN_USER | CONN_ANSWERED);     /* (the last kernel answer is no longer undoable) */
-        if (tp->snd_una != ack)
-            cs->flags |= CONN_SOCK_ACK;
-        back = 1;
+        back = FS_RACE;
+        if (conn_claim(cs, *version)) {
+            cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands (= this seq) */
+            cs->srv_next = tp->snd_nxt + cs->delta_out;
+            if (tp->snd_una != ack)
+                CONN_SET(cs, CONN_SOCK_ACK);
+            CONN_CLEAR(cs, CONN_USER | CONN_ANSWERED);  /* (the last kernel answer is no longer undoable) */
+            *version = conn_release(cs);
+            back = 1;
+        }
     }
     bpf_sk_release(sk);
-    if (back) {
+    if (back == 1) {
         user_idle.delete(k);
         COUNT(returns);
     }

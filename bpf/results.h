@@ -23,6 +23,9 @@ enum fs_result {
     FS_ANSWER_SEGMENTS,
     /* answer_ctx says which segments of the last answer, or its pure ACK, the segment sender sends. */
     FS_RESEND,
+    /* Another CPU changed the connection's state while this segment was handled (conn_sync.h):
+     * drop it, counted; it was a duplicate, or the client sends it again. */
+    FS_RACE,
 
     /* The header classes parse_http.h tracks (classify_header to parse_window only). */
     FS_HDR_INM,             /* If-None-Match: the sender compares it with the entry's ETag */

@@ -67,7 +67,9 @@ struct conn_state {
     __u32 last_req_seq;     /* last request the kernel answered: start and length */
     __u32 last_req_len;
     __u32 last_resp_len;    /* and its response length (starts at srv_next - last_resp_len) */
-    __u32 flags;            /* CONN_* */
+    __u32 pad0;
+    __u64 flags;            /* CONN_*: changed only atomically (conn_sync.h) */
+    __u64 version;          /* even while the sequence fields above are stable (conn_sync.h) */
     __u64 last_seen_ns;     /* bpf_ktime_get_ns of the last segment (userspace GC) */
     __u16 server_win;       /* last window field the server sent (already scaled) */
     __u8 client_wscale;     /* client's window scale shift (from its SYN) */
@@ -126,6 +128,7 @@ struct counters {
     __u64 acks;             /* pure ACKs sent for requests answered in several segments */
     __u64 held;             /* client segments dropped while a kernel answer was not wholly acknowledged */
     __u64 path_mtu;         /* ICMP errors that lowered a connection's path MTU (fragmentation needed, too big) */
+    __u64 races;            /* segments dropped because another CPU changed their connection meanwhile */
     __u64 pass[PASS_SLOTS];     /* by enum pass_reason */
     __u64 errors[ERROR_SLOTS];  /* by enum kernel_error */
 };
@@ -170,6 +173,7 @@ struct answer_ctx {
     struct pkt p;
     struct conn_key key;
     struct cache_ref ref;
+    __u64 version;              /* the connection's conn_sync.h version when fs_ingress began */
     int rolled_back;
     int is_head;                /* answer with the headers only */
     __u32 inm_pos;              /* If-None-Match value in the request buffer, 0 if none */

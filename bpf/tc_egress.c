@@ -31,14 +31,15 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
         tsval = bpf_ntohl(tsval);
         if (!(cs->flags & CONN_TS_SEEN) || (__s32)(tsval - cs->srv_tsval) > 0)
             cs->srv_tsval = tsval;
-        cs->flags |= CONN_TS_SEEN;
+        if (!(cs->flags & CONN_TS_SEEN))
+            CONN_SET(cs, CONN_TS_SEEN);             /* (once: an atomic per segment would bounce the line) */
     }
     if (p->tcp.syn) {
         /* SYN-ACK: scaling is on only if both sides offered it (RFC 7323 section 1.3). */
         int ws = parse_wscale(skb, p);
         if (ws < 0 || !(cs->flags & CONN_WS_OK)) {
             cs->client_wscale = 0;
-            cs->flags &= ~CONN_WS_OK;
+            CONN_CLEAR(cs, CONN_WS_OK);
             ws = 0;
         }
         cs->server_win = bpf_ntohs(p->tcp.window) >> ws;  /* a SYN's window is never scaled */
@@ -48,9 +49,10 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
     }
     cs->server_win = bpf_ntohs(p->tcp.window);
     /* The server socket sends data or closes: from now on only it may send, or sequence space
-     * would be shared between two senders. */
-    if (p->payload_len || p->tcp.fin)
-        cs->flags |= CONN_USER;
+     * would be shared between two senders. An answer another CPU is about to commit on older facts
+     * must then fail its claim (conn_sync.h). */
+    if ((p->payload_len || p->tcp.fin) && !(cs->flags & CONN_USER) && !(CONN_SET(cs, CONN_USER) & CONN_USER))
+        conn_bump(cs);
     xlate_out(skb, p, cs);
     forget_if_done(k, cs, p, 1);
     return FS_PASS;

@@ -23,9 +23,9 @@
 
 /* The first checks: can this segment's request be answered here at all? Returns FS_PARSE (the
  * request is in the scratch buffer and answer_ctx is filled in), FS_HOLD, a pass reason, or
- * FS_NO_REQUEST for segments without a request (pure ACKs, FIN without data). */
+ * FS_NO_REQUEST for segments without a request (pure ACKs, FIN without data), or FS_RACE. */
 static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, struct conn_key *k, struct conn_state *cs,
-                                         int *rolled_back)
+                                         int *rolled_back, __u64 *version)
 {
     if (p->payload_len == 0 && !p->tcp.fin)
         return FS_NO_REQUEST;
@@ -34,8 +34,12 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
         return r;
     if (p->payload_len == 0)
         return FS_NO_REQUEST;                       /* a FIN alone, with nothing to hold: the socket's */
-    if ((cs->flags & CONN_USER) && !back_to_kernel(skb, p, k, cs))
-        return PASS_USER_OWNED;
+    if (cs->flags & CONN_USER) {
+        /* (an answer to undo while the socket has sent since: it is closing) */
+        r = *rolled_back ? 0 : back_to_kernel(skb, p, k, cs, version);
+        if (r != 1)
+            return r ? r : PASS_USER_OWNED;
+    }
     if (p->tcp.fin || p->tcp.rst || p->tcp.urg || !p->tcp.ack)
         return PASS_TCP_OPTIONS;
     /* Congestion signals are the socket's to act on: a CE mark it must echo with ECE, the CWR
@@ -54,7 +58,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     if (!clk || bpf_ktime_get_ns() - clk->updated_ns > HEARTBEAT_TIMEOUT_NS)
         return PASS_STALE;
 
-    r = in_sync(p, cs);
+    r = in_sync(p, cs, *rolled_back);
     if (r != FS_CONTINUE)
         return r;
 
@@ -67,26 +71,51 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
         if (!mss)
             return PASS_HANDSHAKE;
         cs->sock_mss = mss;
-        cs->flags |= CONN_SOCK_UP;
+        CONN_SET(cs, CONN_SOCK_UP);
     }
     ctx->rolled_back = *rolled_back;
     return load_request(skb, p, rb);
 }
 
-/* The segment goes on to the server socket: count why (r: a pass reason, or FS_NO_REQUEST), keep
- * response order, translate. */
-static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs, int r, int rolled_back)
+static __always_inline int new_bytes(struct pkt *p, struct conn_state *cs)
 {
-    cs->flags &= ~CONN_SOCK_ACK;                    /* the socket gets this segment's ACK itself */
-    if (r != FS_NO_REQUEST) {
-        if (rolled_back)
-            uncount_hit();                          /* the earlier answer was undone: userspace answers */
-        COUNT_PASS(r);
-        /* Segments wholly before next_seq are old data the server socket will just re-ACK; any
-         * new byte goes to userspace, and then so must everything after it (response order). */
-        if ((__s32)(bpf_ntohl(p->tcp.seq) + p->payload_len - cs->next_seq) > 0)
-            cs->flags |= CONN_USER;
+    return (__s32)(bpf_ntohl(p->tcp.seq) + p->payload_len - cs->next_seq) > 0;
+}
+
+/* Segments wholly before next_seq are old data the server socket will just re-ACK; any new byte
+ * goes to userspace, and then so must everything after it (response order). Taking the connection
+ * for userspace is a change like an answer, with the undo of a lost answer (recover_answer):
+ * claimed (conn_sync.h), or another CPU could answer the same bytes in the kernel meanwhile.
+ * Returns 0 if the claim failed. */
+static __always_inline int keep_order(struct pkt *p, struct conn_state *cs, __u64 version, int undo)
+{
+    if (!undo && ((cs->flags & CONN_USER) || !new_bytes(p, cs)))
+        return 1;
+    if (!conn_claim(cs, version))
+        return 0;
+    if (undo)
+        undo_answer(cs);
+    if (new_bytes(p, cs))
+        CONN_SET(cs, CONN_USER);
+    conn_release(cs);
+    return 1;
+}
+
+/* The segment goes on to the server socket: count why (r: a pass reason, or FS_NO_REQUEST), keep
+ * response order, translate. FS_RACE drops it instead: nothing of it was committed. */
+static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs, int r, int rolled_back,
+                                       __u64 version)
+{
+    if (r == FS_RACE || (r != FS_NO_REQUEST && !keep_order(p, cs, version, rolled_back))) {
+        COUNT(races);
+        return FS_DROP;
     }
+    if (rolled_back)
+        uncount_hit();                              /* the earlier answer was undone: userspace answers */
+    if (r != FS_NO_REQUEST)
+        COUNT_PASS(r);
+    if (cs->flags & CONN_SOCK_ACK)
+        CONN_CLEAR(cs, CONN_SOCK_ACK);              /* the socket gets this segment's ACK itself */
     xlate_in(skb, p, cs);
     return FS_PASS;
 }
@@ -137,6 +166,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         return FS_PASS;
     }
     cs->last_seen_ns = bpf_ktime_get_ns();
+    ctx->version = conn_version(cs);                /* before any check of its state (conn_sync.h) */
     note_client_ack(p, k, cs);
 
     /* Loss recovery of a multi-segment answer the client does not wholly have yet. */
@@ -152,7 +182,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         }
     }
     int rolled_back = 0;
-    int r = check_segment(skb, p, k, cs, &rolled_back);
+    int r = check_segment(skb, p, k, cs, &rolled_back, &ctx->version);
     if (r == FS_HOLD) {
         COUNT(held);
         return FS_DROP;
@@ -161,7 +191,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         progs.call(skb, PROG_PARSE0);
         r = PASS_TOO_LONG;
     }
-    int passed = finish_pass(skb, p, cs, r, rolled_back);
+    int passed = finish_pass(skb, p, cs, r, rolled_back, ctx->version);
     forget_if_done(k, cs, p, 0);
     return passed;
 }
@@ -215,7 +245,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
         }
     }
     struct pkt p = ctx->p;
-    return finish_pass(skb, &p, t.cs, r, ctx->rolled_back);
+    return finish_pass(skb, &p, t.cs, r, ctx->rolled_back, ctx->version);
 }
 
 /* fs_send<cls>: build the response from the body of size class cls. */
@@ -244,7 +274,7 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
     if (r == FS_DROP)
         return FS_DROP;
     struct pkt p = ctx->p;
-    return finish_pass(skb, &p, cs, r, ctx->rolled_back);
+    return finish_pass(skb, &p, cs, r, ctx->rolled_back, ctx->version);
 }
 
 /* fs_seg<cls>: send segments of the connection's last answer (answer_ctx says which), or its pure

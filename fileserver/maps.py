@@ -75,6 +75,7 @@ class Counters:
     acks: int = 0
     held: int = 0
     path_mtu: int = 0
+    races: int = 0
     passes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 

@@ -102,6 +102,12 @@ class FileserverCollector(Collector):
             "ICMP errors (fragmentation needed, packet too big) that lowered a connection's path MTU for kernel answers",
             value=k.path_mtu,
         )
+        yield CounterMetricFamily(
+            "fileserver_kernel_races",
+            "Client segments dropped because another CPU changed their connection's state while they were handled "
+            "(the client sends them again)",
+            value=k.races,
+        )
         xlate = CounterMetricFamily(
             "fileserver_kernel_translated_segments", "Segments whose sequence numbers were translated", labels=["direction"]
         )

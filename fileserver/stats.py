@@ -30,6 +30,7 @@ def snapshot(stats: "UserStats", kernel: "KernelPath", started: float) -> dict[s
         "errors": {r: v for r, v in k.errors.items() if v},
         "retransmits": k.retransmits,
         "returns": k.returns,
+        "races": k.races,
         "segments": {"more": k.segments, "resent": k.resent, "ack": k.acks, "held": k.held},
         "cache": kernel.cache_stats(),
         "hot_files": kernel.hot_files(10),

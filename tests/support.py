@@ -35,6 +35,31 @@ def rfc1071_sum(data: bytes) -> int:
     return s
 
 
+def tcp_segment(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
+                payload: bytes = b"", window: int = 64240) -> bytes:
+    """An IPv4 TCP segment without options, with a correct checksum (the kernel adds the IP
+    header when it is sent on a raw socket: inject)."""
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, window, 0, 0)
+    seg = hdr + payload
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
+    return seg[:16] + struct.pack("!H", ~rfc1071_sum(pseudo + seg) & 0xFFFF) + seg[18:]
+
+
+def raw_tcp_socket(ns: NetNS) -> socket.socket:
+    """A raw IPv4 TCP socket in ns, for segments the test writes itself."""
+    with ns.entered():
+        return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+
+
+def inject(ns: NetNS, segment: bytes, dst: str) -> None:
+    """Send a TCP segment from inside ns as if from the client."""
+    s = raw_tcp_socket(ns)
+    try:
+        s.sendto(segment, (dst, 0))
+    finally:
+        s.close()
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

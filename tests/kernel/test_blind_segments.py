@@ -10,34 +10,15 @@ state may change only on segments the socket itself accepts. Each case runs agai
 from __future__ import annotations
 
 import random
-import socket
-import struct
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SITE_FILES
-from tests.support import NetNS, RawClient, body_of, nstat, rfc1071_sum
+from tests.support import NetNS, RawClient, body_of, inject, nstat, tcp_segment
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-
-
-def tcp_segment(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
-    """A bare TCP header (no options, no payload) with a correct checksum."""
-    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(hdr))
-    return hdr[:16] + struct.pack("!H", ~rfc1071_sum(pseudo + hdr) & 0xFFFF) + hdr[18:]
-
-
-def inject(ns: NetNS, segment: bytes, dst: str) -> None:
-    """Send a TCP segment from inside ns as if from the client (the kernel adds the IP header)."""
-    with ns.entered():
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-    try:
-        s.sendto(segment, (dst, 0))
-    finally:
-        s.close()
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
