@@ -17,14 +17,58 @@ static __always_inline void new_connection(struct pkt *p, struct conn_key *k, st
     cs.next_seq = bpf_ntohl(p->tcp.seq) + 1;
     cs.client_mss = parse_mss(skb, p);
     cs.last_seen_ns = bpf_ktime_get_ns();
+    closed_conns.delete(k);                         /* (an earlier connection's, on this 4-tuple) */
     if (conn_state.update(k, &cs) != 0)
         COUNT_ERR(ERR_CONN_FULL);
+}
+
+/* The close of a connection, followed in both directions (RFC 9293 section 3.6): each side's FIN,
+ * and its acknowledgement by the other. Once both FINs are acknowledged, the server socket is gone
+ * (its last ACK was the client's: LAST_ACK to CLOSED) or in TIME_WAIT (its own last ACK: this is
+ * it), and the entry is freed at once, not by userspace's collector, so a high rate of closes
+ * cannot fill the table. The deltas stay in closed_conns for the segments of TIME_WAIT (a FIN the
+ * client sends again because that last ACK was lost, and the socket's ACK of it). Called after the
+ * segment was translated; p holds it as it was: the client's in its own view, the socket's in the
+ * socket's. A FIN that was blind or out of window is never acknowledged: the entry then stays,
+ * for the collector. */
+static __always_inline void note_close(struct conn_key *k, struct conn_state *cs, struct pkt *p, int from_socket)
+{
+    if (p->tcp.rst || p->tcp.syn)
+        return;
+    __u32 seq = bpf_ntohl(p->tcp.seq), ack = bpf_ntohl(p->tcp.ack_seq);
+    __u64 done;
+    if (from_socket) {
+        seq += cs->delta_out;
+        ack += cs->delta_in;
+        if (p->tcp.fin) {
+            cs->fin_out = seq + p->payload_len + 1;
+            CONN_SET(cs, CONN_FIN_OUT);
+        }
+        if (!(cs->flags & CONN_FIN_IN) || !p->tcp.ack || ack != cs->fin_in)
+            return;
+        done = CONN_SET(cs, CONN_FIN_IN_ACKED) & CONN_FIN_OUT_ACKED;
+    } else {
+        if (p->tcp.fin) {
+            cs->fin_in = seq + p->payload_len + 1;
+            CONN_SET(cs, CONN_FIN_IN);
+        }
+        if (!(cs->flags & CONN_FIN_OUT) || !p->tcp.ack || (__s32)(ack - cs->fin_out) < 0)
+            return;
+        done = CONN_SET(cs, CONN_FIN_OUT_ACKED) & CONN_FIN_IN_ACKED;
+    }
+    if (!done)
+        return;
+    struct closed_conn rest = {.delta_in = cs->delta_in, .delta_out = cs->delta_out};
+    if (rest.delta_in || rest.delta_out)
+        closed_conns.update(k, &rest);
+    conn_state.delete(k);
+    COUNT(freed);
 }
 
 /* Drop a connection's state once nothing is left to translate: after the server socket's own
  * reset (from_socket: seen on egress), or at a FIN on a connection the kernel never answered on
  * (its deltas are zero: nothing to translate, whoever sent it). Connections with deltas keep their
- * entry through the closing handshake; userspace deletes it once the socket is gone.
+ * entry through the closing handshake, until note_close frees it.
  * A reset from the client's side changes nothing here: it may be blind (RFC 5961 section 3: a
  * guessed sequence number), and then the socket drops it or answers with a challenge ACK and the
  * connection goes on, translated. One the socket accepts ends the socket, and the collector in
@@ -33,6 +77,8 @@ static __always_inline void forget_if_done(struct conn_key *k, struct conn_state
 {
     if ((p->tcp.rst && from_socket) || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
         conn_state.delete(k);
+    else
+        note_close(k, cs, p, from_socket);
 }
 
 /* Is this SYN for a connection that is up? Then it is blind or stale: RFC 5961 section 4 (Linux's

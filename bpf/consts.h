@@ -164,6 +164,10 @@
                                  * whose request the kernel has not acknowledged yet) */
 #define CONN_SOCK_UP 256        /* the server socket was seen established (bpf/sock.h) */
 #define CONN_UNDOABLE 512       /* the last answer may still be undone: no client ACK has covered it */
+#define CONN_FIN_IN 1024        /* a FIN from the client was seen (fin_in) */
+#define CONN_FIN_IN_ACKED 2048  /* ... and the server socket acknowledged it */
+#define CONN_FIN_OUT 4096       /* the server socket's FIN was seen (fin_out) */
+#define CONN_FIN_OUT_ACKED 8192 /* ... and the client acknowledged it */
 
 /* Response variants: how aiohttp answers each form of request, reproduced byte for byte. The
  * stored bytes are the first; the others differ in the status line's version digit and/or one

@@ -46,8 +46,14 @@ FS_TABLE("hash", __u32, struct body5, body_32k, CACHE_ENTRIES, BPF_F_NO_PREALLOC
 
 /* Per-connection translation state. A plain hash, not LRU: evicting a live connection that has
  * deltas would break it, whereas a full table only means new connections stay in userspace
- * (counted as ERR_CONN_FULL). Userspace deletes entries of closed connections. */
+ * (counted as ERR_CONN_FULL). Entries are freed at the close (conn.h: note_close); userspace
+ * collects those of connections that ended otherwise (a reset, a FIN never acknowledged). */
 FS_TABLE("hash", struct conn_key, struct conn_state, conn_state, CONN_ENTRIES, BPF_F_NO_PREALLOC);
+
+/* The deltas of connections whose conn_state entry was freed at their close (conn.h: note_close).
+ * An LRU: losing an entry only matters if the server's last ACK is lost and the client sends its
+ * FIN again to the TIME_WAIT socket. */
+FS_TABLE("lru_hash", struct conn_key, struct closed_conn, closed_conns, CONN_ENTRIES, 0);
 
 FS_TABLE("percpu_array", int, struct counters, counters, 1, 0);
 FS_TABLE("percpu_array", int, struct if_counters, if_stats, MAX_IFSTATS, 0);

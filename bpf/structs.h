@@ -90,6 +90,15 @@ struct conn_state {
     __u16 path_mtu;         /* the path's MTU (IP packet bytes) if an ICMP error about a kernel
                              * segment said it is below the link's; 0: none; 1: below any we send */
     __u16 sock_mss;         /* the server socket's MSS when first seen established (sock.h) */
+    __u32 fin_in;           /* the client's sequence after its FIN (with CONN_FIN_IN) */
+    __u32 fin_out;          /* the server's sequence after its FIN, client view (with CONN_FIN_OUT) */
+};
+
+/* What is left of a closed connection's state (closed_conns): the deltas, for the segments a
+ * socket in TIME_WAIT may still exchange with the client. */
+struct closed_conn {
+    __u32 delta_in;
+    __u32 delta_out;
 };
 
 /* user_idle value: what userspace had read from and written to a connection's socket when it last
@@ -129,6 +138,7 @@ struct counters {
     __u64 held;             /* client segments dropped while a kernel answer was not wholly acknowledged */
     __u64 path_mtu;         /* ICMP errors that lowered a connection's path MTU (fragmentation needed, too big) */
     __u64 races;            /* segments dropped because another CPU changed their connection meanwhile */
+    __u64 freed;            /* conn_state entries freed at their connection's close */
     __u64 pass[PASS_SLOTS];     /* by enum pass_reason */
     __u64 errors[ERROR_SLOTS];  /* by enum kernel_error */
 };

@@ -23,8 +23,12 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
     count_if(skb, 1);
     conn_key_of(k, p, 0);
     struct conn_state *cs = conn_state.lookup(k);
-    if (!cs)
+    if (!cs) {
+        struct closed_conn *gone = closed_conns.lookup(k);
+        if (gone)
+            xlate_closed(skb, p, gone, 0);
         return FS_PASS;
+    }
     /* The newest TSval the client may have seen: a kernel answer must not carry an older one. */
     __u32 tsval, tsecr;
     if (find_ts(skb, p, &tsval, &tsecr)) {

@@ -161,7 +161,10 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     }
     struct conn_state *cs = conn_state.lookup(k);
     if (!cs) {
-        if (p->payload_len)
+        struct closed_conn *gone = closed_conns.lookup(k);
+        if (gone)
+            xlate_closed(skb, p, gone, 1);
+        else if (p->payload_len)
             COUNT_PASS(PASS_NO_CONN);
         return FS_PASS;
     }

@@ -82,6 +82,18 @@ static __always_inline void xlate_sack(struct __sk_buff *skb, struct pkt *p, __u
         COUNT(sack_blanked);
 }
 
+/* A segment of a connection whose state was freed at its close (closed_conns, conn.h's
+ * note_close): only its sequence numbers (the TIME_WAIT socket's ACKs carry no SACK). */
+static __always_inline void xlate_closed(struct __sk_buff *skb, struct pkt *p, struct closed_conn *c, int in)
+{
+    __u32 dseq = in ? -c->delta_in : c->delta_out;
+    __u32 dack = in ? -c->delta_out : c->delta_in;
+    if (dseq)
+        rewrite32(skb, p->l4_off, TCP_SEQ_OFF, p->tcp.seq, bpf_htonl(bpf_ntohl(p->tcp.seq) + dseq));
+    if (dack && p->tcp.ack)
+        rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, bpf_htonl(bpf_ntohl(p->tcp.ack_seq) + dack));
+}
+
 /* Client -> server. */
 static __always_inline void xlate_in(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
 {

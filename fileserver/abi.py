@@ -70,7 +70,7 @@ class KernelError(enum.IntEnum):
 # `errors[ERROR_SLOTS]`, indexed by PassReason and KernelError.
 COUNTER_FIELDS = ("hits", "hit_bytes", "retransmits", "xlate_in", "xlate_out", "csum_partial", "csum_full",
                   "sack_blanked", "sack_translated", "returns", "segments", "resent", "acks", "held", "path_mtu",
-                  "races")
+                  "races", "freed")
 COUNTER_ARRAYS = ("pass", "errors")
 # struct if_counters: our port's segments per interface.
 IF_COUNTER_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
@@ -98,7 +98,8 @@ NR_CLASSES = len(CLASS_DATA)            # NR_CLASSES
 BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k", "body_32k")
 # Every map bpf/maps.h declares but the per-build tail-call array `progs`: the maps a reload keeps.
 SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
-               "scratch", "answer_scratch", "egress_scratch", "close_events", "user_idle")
+               "scratch", "answer_scratch", "egress_scratch", "close_events", "user_idle",
+               "closed_conns")
 
 PROG_SEND0 = PROG_PARSE0 + NR_PARSE_STAGES  # PROG_SEND0: fs_send<cls> in slot PROG_SEND0 + cls
 PROG_SEG0 = PROG_SEND0 + NR_CLASSES         # PROG_SEG0: fs_seg<cls> in slot PROG_SEG0 + cls

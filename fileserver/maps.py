@@ -76,6 +76,7 @@ class Counters:
     held: int = 0
     path_mtu: int = 0
     races: int = 0
+    freed: int = 0
     passes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 

@@ -103,6 +103,11 @@ class FileserverCollector(Collector):
             value=k.path_mtu,
         )
         yield CounterMetricFamily(
+            "fileserver_kernel_connections_freed",
+            "Connection states freed in the kernel at the connection's close (both FINs acknowledged)",
+            value=k.freed,
+        )
+        yield CounterMetricFamily(
             "fileserver_kernel_races",
             "Client segments dropped because another CPU changed their connection's state while they were handled "
             "(the client sends them again)",

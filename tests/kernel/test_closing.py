@@ -13,6 +13,7 @@ from tests.kernel.kernel_path import VARIANT_REQUESTS, assert_no_tcp_trouble, ex
 from tests.support import (
     NetNS,
     RawClient,
+    Server,
     body_of,
     nstat,
     split_response,
@@ -119,3 +120,31 @@ def test_connection_returns_to_kernel_after_userspace(netns: NetNS, site: Path, 
     s = nstat(netns)
     print("NSTAT", {k: v for k, v in s.items() if v and k.startswith("TcpExt")}, {k: v for k, v in srv.metrics().items() if v and "kernel" in k})
     assert s.get("TcpRetransSegs", 0) == 0, {k: v for k, v in s.items() if v and k.startswith("TcpExt")}
+
+
+def test_connection_state_is_freed_at_close(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
+    """A connection's kernel state goes the moment both FINs are acknowledged, whichever side
+    closes first, not after the collector's idle time (a high rate of closes would fill the
+    table). The server's side of a close it began then waits in TIME_WAIT, translated from what
+    is left (closed_conns); nothing is reset or left half-closed."""
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if)
+    try:
+        for _ in range(20):  # the server closes first: the kernel's answer ends the connection
+            resp, closed = exchange(veth.client, b"GET /hot.txt HTTP/1.0\r\n\r\n", host="192.0.2.1")
+            assert body_of(resp) == SITE_FILES["hot.txt"] and closed
+        for _ in range(20):  # the client closes first, after two answers
+            c = RawClient(veth.client, host="192.0.2.1")
+            for _ in range(2):
+                assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+            c.close()
+        time.sleep(0.5)  # (the collector runs every 5 s, on entries idle for 10 s)
+        m = srv.metrics()
+        assert m["fileserver_requests_total{path=kernel}"] == 60 and m["fileserver_requests_total{path=user}"] == 0
+        assert m["fileserver_conn_state_entries"] == 0, m
+        assert m["fileserver_kernel_connections_freed_total"] == 40, m
+        states = veth.server.run("ss", "-tanH", "sport", "= :8080").stdout.split()
+        assert states.count("TIME-WAIT") == 20, states
+        assert not {"CLOSE-WAIT", "LAST-ACK", "FIN-WAIT-1", "FIN-WAIT-2", "CLOSING"} & set(states), states
+        assert_no_tcp_trouble(veth.client)
+    finally:
+        srv.stop()
