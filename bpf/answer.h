@@ -88,7 +88,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         if (cs->flags & CONN_SOCK_ACK) {
             struct resp_hdrs h = {};
             if (!ack_the_socket(skb, p, cs, &h)) {
-                conn_release(cs);
+                ctx->version = conn_release(cs);    /* (so the pass that follows can claim) */
                 return PASS_TOO_BIG;                /* (the skb is intact: the socket gets it all) */
             }
         }
@@ -134,7 +134,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
-        conn_release(cs);
+        ctx->version = conn_release(cs);            /* (so the pass that follows can claim) */
         COUNT_ERR(ERR_CHANGE_TAIL);
         return acked ? FS_DROP : PASS_TOO_BIG;      /* (no request left to pass: it comes again) */
     }

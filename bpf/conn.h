@@ -36,7 +36,7 @@ static __always_inline void note_close(struct conn_key *k, struct conn_state *cs
     if (p->tcp.rst || p->tcp.syn)
         return;
     __u32 seq = bpf_ntohl(p->tcp.seq), ack = bpf_ntohl(p->tcp.ack_seq);
-    __u64 done;
+    int done;
     if (from_socket) {
         seq += cs->delta_out;
         ack += cs->delta_in;
@@ -46,15 +46,18 @@ static __always_inline void note_close(struct conn_key *k, struct conn_state *cs
         }
         if (!(cs->flags & CONN_FIN_IN) || !p->tcp.ack || ack != cs->fin_in)
             return;
-        done = CONN_SET(cs, CONN_FIN_IN_ACKED) & CONN_FIN_OUT_ACKED;
+        __u64 old = CONN_SET(cs, CONN_FIN_IN_ACKED);
+        done = !(old & CONN_FIN_IN_ACKED) && (old & CONN_FIN_OUT_ACKED);   /* (once, on one CPU) */
     } else {
         if (p->tcp.fin) {
             cs->fin_in = seq + p->payload_len + 1;
             CONN_SET(cs, CONN_FIN_IN);
         }
-        if (!(cs->flags & CONN_FIN_OUT) || !p->tcp.ack || (__s32)(ack - cs->fin_out) < 0)
+        /* (exactly: nothing follows the FIN, and a blind ACK must not end the state) */
+        if (!(cs->flags & CONN_FIN_OUT) || !p->tcp.ack || ack != cs->fin_out)
             return;
-        done = CONN_SET(cs, CONN_FIN_OUT_ACKED) & CONN_FIN_IN_ACKED;
+        __u64 old = CONN_SET(cs, CONN_FIN_OUT_ACKED);
+        done = !(old & CONN_FIN_OUT_ACKED) && (old & CONN_FIN_IN_ACKED);
     }
     if (!done)
         return;
@@ -151,12 +154,16 @@ static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p,
  * - for an answer that ends the connection, userspace may now close the socket, whose FIN then
  *   follows the answer. Not before: the kernel can resend a lost answer only while the socket has
  *   sent nothing after it. */
-static __always_inline void note_client_ack(struct pkt *p, struct conn_key *k, struct conn_state *cs)
+static __always_inline void note_client_ack(struct pkt *p, struct conn_key *k, struct conn_state *cs, __u64 *version)
 {
     if (!p->tcp.ack || (__s32)(bpf_ntohl(p->tcp.ack_seq) - cs->srv_next) < 0)
         return;
-    if (cs->flags & CONN_UNDOABLE)
+    /* Claimed: judged on srv_next, it must not clear the bit of an answer another CPU has just
+     * committed (that answer could then never be undone). Lost, it waits for the next ACK. */
+    if ((cs->flags & CONN_UNDOABLE) && conn_claim(cs, *version)) {
         CONN_CLEAR(cs, CONN_UNDOABLE);
+        *version = conn_release(cs);
+    }
     /* (told once: the ACK can be on two CPUs at once, and only one sets the bit) */
     if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING &&
         !(CONN_SET(cs, CONN_CLOSE_ACKED) & CONN_CLOSE_ACKED))
@@ -316,9 +323,13 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *c
      * the FIN alone while the client lacks part of the answer (its tail-loss probe or the FIN's own
      * retransmission): either says what the client has, and calls for the rest. */
     int request_again = p->payload_len ? seq == cs->last_req_seq : p->tcp.fin;
+    if (whole && (cs->flags & CONN_UNACKED)) {
+        if (!conn_claim(cs, ctx->version))
+            return FS_HOLD;                         /* (another CPU's change: judged on old facts) */
+        CONN_CLEAR(cs, CONN_UNACKED);
+        ctx->version = conn_release(cs);
+    }
     if (whole) {
-        if (cs->flags & CONN_UNACKED)
-            CONN_CLEAR(cs, CONN_UNACKED);
         if (p->tcp.fin || (p->payload_len && !request_again))
             return FS_CONTINUE;                     /* the next request acknowledges it all, or the
                                                      * socket's ACK of the FIN does */

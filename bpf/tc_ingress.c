@@ -170,7 +170,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     }
     cs->last_seen_ns = bpf_ktime_get_ns();
     ctx->version = conn_version(cs);                /* before any check of its state (conn_sync.h) */
-    note_client_ack(p, k, cs);
+    note_client_ack(p, k, cs, &ctx->version);
 
     /* Loss recovery of a multi-segment answer the client does not wholly have yet. */
     if (cs->flags & CONN_UNACKED) {
@@ -216,7 +216,7 @@ static __always_inline int load_context(struct tail_ctx *t)
     if (!t->rb || !t->ctx)
         return -1;
     t->cs = conn_state.lookup(&t->ctx->key);
-    return t->cs ? 0 : -1;      /* cs cannot vanish: userspace deletes only closed connections */
+    return t->cs ? 0 : -1;      /* (gone only once both FINs are acknowledged: nothing is left to answer) */
 }
 
 /* fs_parse<stage>: scan one window of the request; then the next stage, or the sender. */
@@ -287,6 +287,13 @@ static __always_inline int handle_seg(struct __sk_buff *skb, const int cls)
     struct tail_ctx t;
     if (load_context(&t) < 0)
         return FS_DROP;
+    /* Set up from this version of the state (fs_ingress or fs_send): if another CPU has changed it
+     * since (a new answer), these segments would be cut from the wrong answer. The client's
+     * retransmission recovers them against the new state. */
+    if (conn_version(t.cs) != t.ctx->version) {
+        COUNT(races);
+        return FS_DROP;
+    }
     if (t.ctx->seg_off >= t.ctx->seg_end)
         return send_ack(skb, t.ctx, t.cs);
     int zero = 0;
