@@ -148,3 +148,37 @@ def test_connection_state_is_freed_at_close(veth, site: Path) -> None:  # type: 
         assert_no_tcp_trouble(veth.client)
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+def test_time_wait_after_the_last_ack_is_lost(veth, site: Path, kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    """The server closes first and its last ACK is lost: the client, in LAST_ACK, sends its FIN
+    again, and the server's TIME_WAIT socket must acknowledge it in the client's sequence space.
+    The connection's state is already freed then; what is left of it (closed_conns) translates
+    both segments, and the client's side closes as it does with userspace alone."""
+    from tests.kernel.lossy import Dropper
+
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if,
+                 *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
+    dropper = Dropper(veth.client, veth.client_if, 8080, {1}, pure_acks=True)  # the server's first pure ACK
+    try:
+        resp, closed = exchange(veth.client, b"GET /hot.txt HTTP/1.0\r\n\r\n", host="192.0.2.1")
+        assert body_of(resp) == SITE_FILES["hot.txt"] and closed
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the client's RTO (200 ms), then its FIN again
+            client = veth.client.run("ss", "-tanH", "dport", "= :8080").stdout.split()
+            if "LAST-ACK" not in client:
+                break
+            time.sleep(0.1)
+        assert dropper.stats()[1] == 1
+        assert "LAST-ACK" not in client, client
+        assert veth.server.run("ss", "-tanH", "sport", "= :8080").stdout.split().count("TIME-WAIT") == 1
+        m = srv.metrics()
+        assert m["fileserver_requests_total{path=kernel}"] == (1 if kernel else 0)
+        if kernel:
+            assert m["fileserver_kernel_connections_freed_total"] == 1 and m["fileserver_conn_state_entries"] == 0
+        counters = nstat(veth.client)
+        assert counters.get("TcpOutRsts", 0) == 0 and counters.get("TcpEstabResets", 0) == 0, counters
+    finally:
+        dropper.close()
+        srv.stop()
