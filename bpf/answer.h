@@ -108,6 +108,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         ctx->seg_off = 0;
         ctx->seg_end = total;
         ctx->seg_resend = 0;
+        ctx->probe = 0;
         ctx->ack_seq = p->tcp.seq;                  /* what the server acknowledged before */
         ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
         ctx->tsecr = p->tsval;
@@ -285,10 +286,28 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     __u32 psum;
     __u32 hsum = header_sum(&h, ctx->p.v6, ctx->p.has_ts, len, &psum);
     store_tcp_csum(skb, l3, psum, hsum, poff, len, rb->b);  /* (the request buffer is free now) */
-    if (ctx->seg_resend)
+    if (ctx->probe)
+        COUNT(probes);
+    else if (ctx->seg_resend)
         COUNT(resent);
     skb->mark = KERNEL_MARK;
     off += len;
+    /* The answer's last byte just went out: send it once more, alone. A lost last segment draws
+     * no duplicate ACK (nothing follows it), and without a timer here the client's RTO, 200 ms at
+     * least, would be the only repair. This is the tail loss probe Linux's sender schedules
+     * (RFC 8985 section 7), sent at once instead of after two round trips: if the tail arrived,
+     * the probe is a duplicate, which the client acknowledges at once with a D-SACK (RFC 2883),
+     * and that ACK of the whole answer is the cue for the request's ACK (in_flight); if it was
+     * lost, the probe arrives beyond the hole and the client's duplicate ACK with its SACK block
+     * names the segment to send again, a round trip later. */
+    if (off == total && !ctx->probe && len > 1) {
+        ctx->probe = 1;
+        ctx->seg_off = total - 1;
+        ctx->seg_end = total;
+        bpf_clone_redirect(skb, skb->ifindex, 0);
+        progs.call(skb, PROG_SEG0 + cls);
+        return FS_DROP;                             /* (no tail call: no probe, as if lost) */
+    }
     if (off < ctx->seg_end && off < total) {
         if (!ctx->seg_resend)
             COUNT(segments);

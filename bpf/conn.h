@@ -344,6 +344,7 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *c
     ctx->tsval = p->has_ts ? our_tsval(cs, tsecr) : 0;
     ctx->tsecr = tsval;
     ctx->seg_resend = 1;
+    ctx->probe = 0;
     if (whole) {
         /* The client has the whole answer: acknowledge its request (again, if it sent it again
          * because that ACK was lost). */

@@ -42,7 +42,9 @@ static __always_inline __u64 conn_release(struct conn_state *cs)
 }
 
 /* The server socket took the connection (egress: it sends data or its FIN). A change another CPU
- * was about to make on older facts must fail: it would share sequence space with the socket. */
+ * has not claimed yet must fail: it would share sequence space with the socket. (One already
+ * claimed commits: in practice the segment is a keep-alive timeout's FIN, and the client meets
+ * what it meets when a request crosses a closing socket, DESIGN.md section 4.) */
 static __always_inline void conn_bump(struct conn_state *cs)
 {
     __sync_fetch_and_add(&cs->version, 2);          /* (parity kept: a change in progress stays odd) */

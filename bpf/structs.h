@@ -135,6 +135,7 @@ struct counters {
     __u64 segments;         /* segments of multi-segment answers after the first */
     __u64 resent;           /* segments of multi-segment answers sent again */
     __u64 acks;             /* pure ACKs sent for requests answered in several segments */
+    __u64 probes;           /* tail probes: the last byte of a multi-segment answer sent again */
     __u64 held;             /* client segments dropped while a kernel answer was not wholly acknowledged */
     __u64 path_mtu;         /* ICMP errors that lowered a connection's path MTU (fragmentation needed, too big) */
     __u64 races;            /* segments dropped because another CPU changed their connection meanwhile */
@@ -196,6 +197,7 @@ struct answer_ctx {
     __u32 tsval;
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
+    __u32 probe;                /* the tail probe is being sent (answer.h: send_segment) */
     struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
 };
 

@@ -69,7 +69,7 @@ class KernelError(enum.IntEnum):
 # The scalar fields of struct counters, in order; then `pass[PASS_SLOTS]` and
 # `errors[ERROR_SLOTS]`, indexed by PassReason and KernelError.
 COUNTER_FIELDS = ("hits", "hit_bytes", "retransmits", "xlate_in", "xlate_out", "csum_partial", "csum_full",
-                  "sack_blanked", "sack_translated", "returns", "segments", "resent", "acks", "held", "path_mtu",
+                  "sack_blanked", "sack_translated", "returns", "segments", "resent", "acks", "probes", "held", "path_mtu",
                   "races", "freed")
 COUNTER_ARRAYS = ("pass", "errors")
 # struct if_counters: our port's segments per interface.

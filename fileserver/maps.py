@@ -73,6 +73,7 @@ class Counters:
     segments: int = 0
     resent: int = 0
     acks: int = 0
+    probes: int = 0
     held: int = 0
     path_mtu: int = 0
     races: int = 0

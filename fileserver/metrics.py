@@ -81,13 +81,15 @@ class FileserverCollector(Collector):
         segs = CounterMetricFamily(
             "fileserver_kernel_segments",
             "Segments of kernel answers longer than one segment, by kind: first sending after the first "
-            "segment, sent again (loss recovery), pure ACKs of their requests; and client segments held "
+            "segment, sent again (loss recovery), pure ACKs of their requests, tail probes (the last byte "
+            "sent once more); and client segments held "
             "back while a kernel answer was not wholly acknowledged",
             labels=["kind"],
         )
         segs.add_metric(["more"], k.segments)
         segs.add_metric(["resent"], k.resent)
         segs.add_metric(["ack"], k.acks)
+        segs.add_metric(["probe"], k.probes)
         segs.add_metric(["held"], k.held)
         yield segs
         sack = CounterMetricFamily(

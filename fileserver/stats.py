@@ -31,7 +31,7 @@ def snapshot(stats: "UserStats", kernel: "KernelPath", started: float) -> dict[s
         "retransmits": k.retransmits,
         "returns": k.returns,
         "races": k.races,
-        "segments": {"more": k.segments, "resent": k.resent, "ack": k.acks, "held": k.held},
+        "segments": {"more": k.segments, "resent": k.resent, "ack": k.acks, "probe": k.probes, "held": k.held},
         "cache": kernel.cache_stats(),
         "hot_files": kernel.hot_files(10),
         "conn_state": {"entries": conns, "capacity": capacity},

@@ -104,10 +104,12 @@ def test_answers_larger_than_one_skb_on_lo(netns: NetNS, site: Path, server_fact
 
 
 # Data segments are numbered as the client's interface sees them: large.bin is 11 of them (the
-# first request's are 1 to 11, a first resend 12).
+# first request's are 1 to 11), then its tail probe (12: the last byte again), then a first
+# resend (13). A lost last segment is repaired through the probe; lost with its probe, through
+# the client's retransmitted request.
 MULTI_LOSS = {
-    "first": {"drop": {1}}, "middle": {"drop": {6}}, "last": {"drop": {11}},
-    "resend-lost": {"drop": {2, 12}}, "last-and-resend": {"drop": {11, 12}},
+    "first": {"drop": {1}}, "middle": {"drop": {6}}, "last": {"drop": {11}}, "last-and-probe": {"drop": {11, 12}},
+    "resend-lost": {"drop": {2, 13}}, "last-and-resend": {"drop": {11, 13}},
     "every-6th": {"every": 6}, "random-1-in-6": {"share": 1 / 6, "seed": 7},
 }
 
@@ -146,9 +148,9 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
 
 def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     """A request sent while a multi-segment answer is still on its way (here: its last segment
-    lost) is held back until the client has that answer; the client sends it again, and the
-    answers arrive in order."""
-    with lossy_veth(veth, site, drop={11}) as (srv, dropper):
+    lost, and the tail probe after it) is held back until the client has that answer; the client
+    sends it again, and the answers arrive in order."""
+    with lossy_veth(veth, site, drop={11, 12}) as (srv, dropper):
         c = RawClient(veth.client, host="192.0.2.1", timeout=20)
         c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.02)  # the first 10 segments are in, the 11th lost
@@ -259,9 +261,9 @@ def test_return_to_kernel_then_a_multi_segment_answer(veth, site: Path) -> None:
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
-@pytest.mark.parametrize(("path", "lost"), [("/hot.txt", 1), ("/large.bin", 1), ("/large.bin", 11)],
-                         ids=["one-segment", "several-first-lost", "several-last-lost"])
-def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: str, lost: int) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("path", "lost"), [("/hot.txt", {1}), ("/large.bin", {1}), ("/large.bin", {11, 12})],
+                         ids=["one-segment", "several-first-lost", "several-last-and-probe-lost"])
+def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: str, lost: set[int]) -> None:  # type: ignore[no-untyped-def]
     """The client sends its request and half-closes at once (shutdown(SHUT_WR)); a segment of the
     answer is lost. The FIN must not reach the socket before the client has the answer (the
     socket's ACK of it would acknowledge the request, which the client would then never send
@@ -269,14 +271,14 @@ def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: s
     tail loss, is recovered from before the FIN makes it a TCP-options pass. The same as the
     userspace path: the whole answer, then the server's close."""
     args = () if kernel else ("--no-kernel-cache",)
-    with lossy_veth(veth, site, *args, drop={lost}, expect_kernel=kernel) as (srv, dropper):
+    with lossy_veth(veth, site, *args, drop=lost, expect_kernel=kernel) as (srv, dropper):
         c = RawClient(veth.client, host="192.0.2.1", timeout=20)
         c.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         c.sock.shutdown(socket.SHUT_WR)
         assert body_of(c.read_response()) == SITE_FILES[path[1:]]
         assert c.sock.recv(1) == b""  # then the server closes
         c.close()
-        assert dropper.stats()[1] == 1
+        assert dropper.stats()[1] == len(lost)
         m = srv.metrics()
         assert m["fileserver_requests_total{path=kernel}"] + m["fileserver_requests_total{path=user}"] == 1
         assert_no_tcp_trouble(veth.client)
