@@ -8,7 +8,7 @@ IFACE   ?= lo
 PREFIX  ?= /usr/local
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench fuzz install uninstall clean
+.PHONY: setup run test bench fuzz soak install uninstall clean
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,11 @@ clean:
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+# A bounded soak over a client-router-server topology with seeded loss, kernel path against
+# userspace alone, printing a summary (bench/soak.py; SOAK_SECONDS, SOAK_LOSS, SOAK_SEED).
+soak: setup
+	$(PY) bench/soak.py
 
 # The parser's differential fuzz run, longer than the one in `make test` (FUZZ_CASES, FUZZ_SEED). The
 # test sets its own timeout from FUZZ_CASES and ends with how many cases ran and the kernel answered.

@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     say "not root: skipping apt packages and kernel headers (run 'sudo make setup' for the kernel path)"
 else
     pkgs=(python3-bpfcc python3-venv python3-pip bpftool linux-headers-amd64 iproute2 wrk apache2-utils curl
-          ethtool systemd procps chromium fonts-dejavu-core nginx-light)
+          ethtool systemd procps chromium fonts-dejavu-core nginx-light nghttp2-client)
     missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
