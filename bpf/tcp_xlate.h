@@ -104,8 +104,17 @@ static __always_inline void xlate_in(struct __sk_buff *skb, struct pkt *p, struc
         rewrite32(skb, p->l4_off, TCP_SEQ_OFF, p->tcp.seq, n);
     }
     if (cs->delta_out && p->tcp.ack) {
-        __be32 n = bpf_htonl(bpf_ntohl(p->tcp.ack_seq) - cs->delta_out);
-        rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, n);
+        /* An ACK from the start of the kernel's last answer up to its end names no byte of the
+         * socket's beyond those before that answer, all of which the client had when the kernel
+         * answered (in sync): in the socket's space it is exactly srv_next - delta_out. Plainly
+         * translated it would fall below the socket's snd_una, and Linux answers an ACK that far
+         * back (by more than the bytes it has had acknowledged: RFC 5961 section 5.2, tcp_ack)
+         * with a challenge ACK. */
+        __u32 ack = bpf_ntohl(p->tcp.ack_seq);
+        if ((cs->flags & CONN_ANSWERED) && (__s32)(ack - (cs->srv_next - cs->last_resp_len)) >= 0 &&
+            (__s32)(ack - cs->srv_next) < 0)
+            ack = cs->srv_next;
+        rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, bpf_htonl(ack - cs->delta_out));
     }
     /* The client's blocks are of the server's bytes: below srv_next, only kernel answers or
      * bytes acknowledged before the last one (the socket sends after it). */

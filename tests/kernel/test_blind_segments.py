@@ -45,3 +45,27 @@ def test_blind_segment_leaves_the_connection_working(netns: NetNS, site: Path, s
     counters = nstat(netns)
     assert counters.get("TcpExtTCPAbortOnData", 0) == 0, counters
     assert counters.get("TcpEstabResets", 0) == 0, counters
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+def test_an_old_ack_draws_no_challenge_ack(netns: NetNS, site: Path, server_factory, kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    """A client's ACK that arrives late, acknowledging only up to the start of the last answer
+    (reordered behind the ACK of that answer). The socket ignores an old ACK within the bytes it
+    has had acknowledged, and challenges one older than that (RFC 5961 section 5.2). A socket
+    the kernel answered for has had almost nothing acknowledged, so the ACK must reach it as what
+    it means in the socket's space (everything before that answer), not translated below it."""
+    srv = server_factory(site, "--hot-after", "0", *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
+    c = RawClient(netns)
+    for _ in range(3):
+        assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    last = len(c.get("/style.css"))  # the last answer's length
+    (src, sport), (dst, dport) = c.sock.getsockname(), c.sock.getpeername()
+    from tests.kernel.test_concurrency import socket_sequences
+    seq, ack = socket_sequences(c.sock)
+    before = nstat(netns).get("TcpExtTCPChallengeACK", 0)
+    inject(netns, tcp_segment(src, dst, sport, dport, seq, (ack - last) & 0xFFFFFFFF, ACK), dst)
+    time.sleep(0.3)
+    assert nstat(netns).get("TcpExtTCPChallengeACK", 0) == before
+    assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
+    assert srv.kernel_hits() == (5 if kernel else 0)
+    c.close()
