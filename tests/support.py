@@ -60,6 +60,25 @@ def inject(ns: NetNS, segment: bytes, dst: str) -> None:
         s.close()
 
 
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 19, 20, 21
+TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
+TCP_REPAIR_ON, TCP_REPAIR_OFF_NO_WP = 1, -1
+
+
+def socket_sequences(s: socket.socket) -> tuple[int, int]:
+    """The socket's next send sequence number and rcv_nxt, read in repair mode (CAP_NET_ADMIN),
+    left without the window probe a plain TCP_REPAIR_OFF sends."""
+    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        snd = s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+        rcv = s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
+    finally:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+    return snd & 0xFFFFFFFF, rcv & 0xFFFFFFFF
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

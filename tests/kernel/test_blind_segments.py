@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SITE_FILES
-from tests.support import NetNS, RawClient, body_of, inject, nstat, tcp_segment
+from tests.support import NetNS, RawClient, body_of, inject, nstat, socket_sequences, tcp_segment
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -60,7 +60,6 @@ def test_an_old_ack_draws_no_challenge_ack(netns: NetNS, site: Path, server_fact
         assert body_of(c.get("/hot.txt")) == SITE_FILES["hot.txt"]
     last = len(c.get("/style.css"))  # the last answer's length
     (src, sport), (dst, dport) = c.sock.getsockname(), c.sock.getpeername()
-    from tests.kernel.test_concurrency import socket_sequences
     seq, ack = socket_sequences(c.sock)
     before = nstat(netns).get("TcpExtTCPChallengeACK", 0)
     inject(netns, tcp_segment(src, dst, sport, dport, seq, (ack - last) & 0xFFFFFFFF, ACK), dst)

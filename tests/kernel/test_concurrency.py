@@ -30,30 +30,13 @@ import pytest
 
 from tests.conftest import SITE_FILES
 from tests.kernel.kernel_path import assert_no_tcp_trouble
-from tests.support import RawClient, Server, body_of, nstat, raw_tcp_socket, require, tcp_segment
+from tests.support import RawClient, Server, body_of, nstat, raw_tcp_socket, require, socket_sequences, tcp_segment
 
 PSH_ACK = 0x18
-TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 19, 20, 21
-TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
-TCP_REPAIR_ON, TCP_REPAIR_OFF_NO_WP = 1, -1
 CONNECTIONS, ROUNDS = 4, 1000
 
 HIT = b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n"
 MISS = b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-def socket_sequences(s: socket.socket) -> tuple[int, int]:
-    """The socket's next send sequence number and rcv_nxt, read in repair mode (CAP_NET_ADMIN),
-    left without the window probe a plain TCP_REPAIR_OFF sends."""
-    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
-    try:
-        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-        snd = s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
-        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-        rcv = s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
-    finally:
-        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
-    return snd & 0xFFFFFFFF, rcv & 0xFFFFFFFF
 
 
 def spin_and_inject(mm: mmap.mmap, raw: socket.socket, dst: str) -> None:
