@@ -6,6 +6,7 @@
 #include "conn_sync.h"
 #include "segment.h"
 #include "sock.h"
+#include "tcp_xlate.h"
 
 /* A client's SYN: a new connection, with what its options say (window scale, MSS). */
 static __always_inline void new_connection(struct pkt *p, struct conn_key *k, struct __sk_buff *skb)
@@ -20,6 +21,18 @@ static __always_inline void new_connection(struct pkt *p, struct conn_key *k, st
     closed_conns.delete(k);                         /* (an earlier connection's, on this 4-tuple) */
     if (conn_state.update(k, &cs) != 0)
         COUNT_ERR(ERR_CONN_FULL);
+}
+
+/* The connection is over: its entry goes now, not with userspace's collector, so a high rate of
+ * closes cannot fill the table. The deltas stay in closed_conns for the segments still to come
+ * (TIME_WAIT's, or a client's after a reset). */
+static __always_inline void free_conn(struct conn_key *k, struct conn_state *cs)
+{
+    struct closed_conn rest = {.delta_in = cs->delta_in, .delta_out = cs->delta_out};
+    if (rest.delta_in || rest.delta_out)
+        closed_conns.update(k, &rest);
+    conn_state.delete(k);
+    COUNT(freed);
 }
 
 /* The close of a connection, followed in both directions (RFC 9293 section 3.6): each side's FIN,
@@ -59,27 +72,43 @@ static __always_inline void note_close(struct conn_key *k, struct conn_state *cs
         __u64 old = CONN_SET(cs, CONN_FIN_OUT_ACKED);
         done = !(old & CONN_FIN_OUT_ACKED) && (old & CONN_FIN_IN_ACKED);
     }
-    if (!done)
-        return;
-    struct closed_conn rest = {.delta_in = cs->delta_in, .delta_out = cs->delta_out};
-    if (rest.delta_in || rest.delta_out)
-        closed_conns.update(k, &rest);
-    conn_state.delete(k);
-    COUNT(freed);
+    if (done)
+        free_conn(k, cs);
+}
+
+/* A reset from the client that the server socket will take: its sequence number, translated, is
+ * exactly the socket's rcv_nxt (RFC 5961 section 3.2; Linux's tcp_validate_incoming resets the
+ * socket then, and answers any other in-window reset with a challenge ACK). Asked of the socket
+ * itself: in userspace's hands, the connection's next_seq lags what the socket has read. */
+static __always_inline int socket_takes_reset(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
+{
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk = lookup_server_socket(skb, p, &t);
+    if (!sk)
+        return 0;
+    int takes = 0;
+    if (sk->state != BPF_TCP_LISTEN) {
+        struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+        takes = tp && tp->rcv_nxt == socket_seq_in(p, cs);
+    }
+    bpf_sk_release(sk);
+    return takes;
 }
 
 /* Drop a connection's state once nothing is left to translate: after the server socket's own
  * reset (from_socket: seen on egress), or at a FIN on a connection the kernel never answered on
  * (its deltas are zero: nothing to translate, whoever sent it). Connections with deltas keep their
  * entry through the closing handshake, until note_close frees it.
- * A reset from the client's side changes nothing here: it may be blind (RFC 5961 section 3: a
- * guessed sequence number), and then the socket drops it or answers with a challenge ACK and the
- * connection goes on, translated. One the socket accepts ends the socket, and the collector in
- * userspace (conn_gc.py) removes the entry with it. */
-static __always_inline void forget_if_done(struct conn_key *k, struct conn_state *cs, struct pkt *p, int from_socket)
+ * A reset from the client's side frees the entry only if the socket takes it (socket_takes_reset):
+ * one that may be blind (RFC 5961 section 3: a guessed sequence number) the socket drops, or
+ * answers with a challenge ACK, and the connection goes on, translated. */
+static __always_inline void forget_if_done(struct __sk_buff *skb, struct conn_key *k, struct conn_state *cs,
+                                           struct pkt *p, int from_socket)
 {
     if ((p->tcp.rst && from_socket) || (p->tcp.fin && !cs->delta_in && !cs->delta_out))
         conn_state.delete(k);
+    else if (p->tcp.rst && socket_takes_reset(skb, p, cs))
+        free_conn(k, cs);
     else
         note_close(k, cs, p, from_socket);
 }

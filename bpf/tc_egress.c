@@ -58,6 +58,6 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
     if ((p->payload_len || p->tcp.fin) && !(cs->flags & CONN_USER) && !(CONN_SET(cs, CONN_USER) & CONN_USER))
         conn_bump(cs);
     xlate_out(skb, p, cs);
-    forget_if_done(k, cs, p, 1);
+    forget_if_done(skb, k, cs, p, 1);
     return FS_PASS;
 }

@@ -195,7 +195,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
         r = PASS_TOO_LONG;
     }
     int passed = finish_pass(skb, p, cs, r, rolled_back, ctx->version);
-    forget_if_done(k, cs, p, 0);
+    forget_if_done(skb, k, cs, p, 0);
     return passed;
 }
 

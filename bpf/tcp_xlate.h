@@ -94,13 +94,30 @@ static __always_inline void xlate_closed(struct __sk_buff *skb, struct pkt *p, s
         rewrite32(skb, p->l4_off, TCP_ACK_OFF, p->tcp.ack_seq, bpf_htonl(bpf_ntohl(p->tcp.ack_seq) + dack));
 }
 
+/* A client segment's sequence number in the server socket's space. */
+static __always_inline __u32 socket_seq_in(struct pkt *p, struct conn_state *cs)
+{
+    __u32 seq = bpf_ntohl(p->tcp.seq);
+    /* A reset sent in reply to a segment takes its sequence number from that segment's ACK
+     * (RFC 9293 section 3.10.7.1; Linux's tcp_v4_send_reset): a client whose socket is gone
+     * resets on the kernel's segments of an answer in flight, which acknowledge only up to
+     * the request (conn.h: in_flight). In the socket's space that is the request's own
+     * length before rcv_nxt: out of its window, dropped, and the socket would stay
+     * established with nobody at the other end. It is the reset the socket would have had
+     * for its own segments, so it maps to rcv_nxt. (One exact value more to guess for a
+     * blind reset, RFC 5961 section 3.2, and only while an answer is in flight.) */
+    if (p->tcp.rst && (cs->flags & CONN_UNACKED) && seq == cs->last_req_seq)
+        seq = cs->next_seq;
+    return seq - cs->delta_in;
+}
+
 /* Client -> server. */
 static __always_inline void xlate_in(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
 {
     if (!cs->delta_in && !cs->delta_out)
         return;
     if (cs->delta_in) {
-        __be32 n = bpf_htonl(bpf_ntohl(p->tcp.seq) - cs->delta_in);
+        __be32 n = bpf_htonl(socket_seq_in(p, cs));
         rewrite32(skb, p->l4_off, TCP_SEQ_OFF, p->tcp.seq, n);
     }
     if (cs->delta_out && p->tcp.ack) {

@@ -182,3 +182,52 @@ def test_time_wait_after_the_last_ack_is_lost(veth, site: Path, kernel: bool) ->
     finally:
         dropper.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+def test_a_client_that_resets_mid_answer_ends_the_server_socket(veth, site: Path, kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    """A client closes while part of a multi-segment answer is missing (ab and wrk do so when they
+    stop): its FIN calls for the rest, and its closed socket answers the resent data with a reset
+    whose sequence number is the ACK those segments carried (RFC 9293 section 3.10.7.1). The
+    server socket must accept that reset and go, as it does with userspace alone, not stay
+    established with nobody at the other end; and the connection's kernel state goes with it. A
+    later connection on the same port pair then opens without a challenge ACK."""
+    from tests.kernel.lossy import Dropper
+
+    srv = Server(veth.server, site, "--hot-after", "0", "--interface", veth.server_if,
+                 *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
+    dropper = Dropper(veth.client, veth.client_if, 8080, {2, 13})  # the second segment, and its fast resend
+    try:
+        c = RawClient(veth.client, host="192.0.2.1")
+        port = c.sock.getsockname()[1]
+        c.send(b"GET /large.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)  # everything but the hole (the client's RTO is 200 ms at least)
+        c.sock.setblocking(False)
+        got = b""
+        while True:  # read what is in order, so that the close sends a FIN, not a reset of its own
+            try:
+                chunk = c.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        c.sock.close()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            left = veth.server.run("ss", "-tanH", "sport", "= :8080", "dport", f"= :{port}").stdout.split()
+            if not left:
+                break
+            time.sleep(0.1)
+        assert dropper.stats()[1] >= 1
+        assert not left, left  # before the fix: ESTAB until aiohttp's keep-alive timeout
+        m = srv.metrics()
+        if kernel:
+            assert m["fileserver_requests_total{path=kernel}"] == 1 and m["fileserver_conn_state_entries"] == 0, m
+        again = RawClient(veth.client, host="192.0.2.1")  # (a new socket: the port may be reused)
+        assert body_of(again.get("/hot.txt")) == SITE_FILES["hot.txt"]
+        again.close()
+        assert nstat(veth.server).get("TcpExtTCPChallengeACK", 0) == 0
+    finally:
+        dropper.close()
+        srv.stop()
