@@ -1,14 +1,12 @@
 """`make soak`: a bounded soak of the kernel path over a real topology, against userspace alone.
 
 Client, router and server in network namespaces (tests/conftest.py's RoutedPath: a 1400-byte hop
-on the way, IPv4), a seeded share of the server's data segments dropped at the client (the
-test-only dropper), and a mixed load in rounds: ab with and without keep-alive, wrk, pipelined
+on the way, IPv4), a seeded share of the server's data segments dropped at the client and another
+share reordered (the test-only dropper queues it again behind the rest of its burst), and a mixed load in rounds: ab with and without keep-alive, wrk, pipelined
 h2load (--h1 -m 8), and browser-shaped requests whose bytes are checked. The same soak runs once
 with the kernel path and once with --no-kernel-cache; the summary compares them: requests,
 failures, wrong bytes, connections left half-closed, resets and the TCP counters that loss
 repair moves. Every load is bounded in time (SOAK_SECONDS in all, default 600).
-
-Not done yet: reordering (this machine has no fq or netem qdisc to delay a segment).
 """
 
 from __future__ import annotations
@@ -32,12 +30,14 @@ from tests.support import NetNS, Server, nstat  # noqa: E402
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 LOSS = float(os.environ.get("SOAK_LOSS", "0.015"))
+REORDER = float(os.environ.get("SOAK_REORDER", "0.01"))
 SEED = int(os.environ.get("SOAK_SEED", "20261202"))
 BROWSER_HEADERS = ("Host: x\r\nConnection: keep-alive\r\nAccept: text/html,application/xhtml+xml,*/*;q=0.8\r\n"
                    "Accept-Language: en-US,en;q=0.9\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) soak\r\n")
 HALF_CLOSED = ("CLOSE-WAIT", "LAST-ACK", "FIN-WAIT-1", "FIN-WAIT-2", "CLOSING")
 NSTAT_KEYS = ("TcpOutRsts", "TcpEstabResets", "TcpRetransSegs", "TcpExtTCPLossProbes", "TcpExtTCPSACKDiscard",
-              "TcpExtTCPDSACKIgnoredNoUndo", "TcpExtTCPChallengeACK", "TcpExtPAWSEstab", "TcpInCsumErrors")
+              "TcpExtTCPDSACKIgnoredNoUndo", "TcpExtTCPChallengeACK", "TcpExtPAWSEstab", "TcpInCsumErrors",
+              "TcpExtTCPOFOQueue")
 
 
 def site() -> dict[str, bytes]:
@@ -96,7 +96,7 @@ def soak(kernel: bool, root: Path, files: dict[str, bytes]) -> dict[str, object]
     path = RoutedPath()
     srv = Server(path.server, root, "--hot-after", "0", "--interface", path.server_if,
                  *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
-    dropper = Dropper(path.client, path.client_if, 8080, share=LOSS, seed=SEED)
+    dropper = Dropper(path.client, path.client_if, 8080, share=LOSS, seed=SEED, reorder=REORDER)
     host = RoutedPath.SERVER4
     url = f"http://{host}:8080"
     loads = ["ab -k", "ab", "wrk", "browser"] + (["h2load -m8"] if shutil.which("h2load") else [])
@@ -127,6 +127,7 @@ def soak(kernel: bool, root: Path, files: dict[str, bytes]) -> dict[str, object]
             "kernel_answers": int(m.get("fileserver_requests_total{path=kernel}", 0)),
             "user_answers": int(m.get("fileserver_requests_total{path=user}", 0)),
             "dropped": dropper.stats()[1],
+            "reordered": dropper.reordered(),
             "server": {k: nstat(path.server).get(k, 0) for k in NSTAT_KEYS},
             "client": {k: nstat(path.client).get(k, 0) for k in NSTAT_KEYS},
         }
@@ -141,7 +142,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fileserver-soak-"))
     for name, data in files.items():
         (root / name).write_bytes(data)
-    print(f"soak: {SECONDS} s in all, {LOSS:.1%} of server data segments dropped (seed {SEED}), router hop 1400",
+    print(f"soak: {SECONDS} s in all, {LOSS:.1%} of server data segments dropped and {REORDER:.1%} reordered "
+          f"(seed {SEED}), router hop 1400",
           flush=True)
     results = {}
     for kernel in (True, False):
@@ -160,7 +162,7 @@ def main() -> int:
                        (f", {t['wrong_bytes']} wrong" if "wrong_bytes" in t else ""))
             bad += max(0, t.get("failed", 0)) + t.get("wrong_bytes", 0) + (t.get("requests", 0) < 0)
         print(f"{name:<12} {row[0]:>24} {row[1]:>24}")
-    for key in ("kernel_answers", "user_answers", "dropped", "half_closed"):
+    for key in ("kernel_answers", "user_answers", "dropped", "reordered", "half_closed"):
         print(f"{key:<12} {results['kernel'][key]:>24} {results['userspace'][key]:>24}")
         if key == "half_closed":
             bad += int(results["kernel"][key]) + int(results["userspace"][key])  # type: ignore[call-overload]

@@ -21,16 +21,25 @@ DROPPER = r"""
  * data segments, or with PURE_ACKS the segments without data, SYN, FIN or RST. cfg[1]: a bitmap of numbers 1..64 to
  * drop; cfg[0]: drop every cfg[0]-th as well (0: none); cfg[2]: drop a seeded pseudo-random share
  * as well, cfg[2]/65536 of them (an LCG from cfg[3], so a run repeats exactly).
- * stats[0]: data segments seen, stats[1]: dropped, stats[2]: the LCG's state.
+ * cfg[3]: reorder a seeded share of the segments not dropped, cfg[3]/65536 of them (ingress only):
+ * the segment is queued again behind those already waiting for the CPU's backlog (a clone
+ * redirected to the interface's ingress, marked so that it then passes), so it arrives after
+ * the rest of its burst, as behind a router with several queues.
+ * stats[0]: data segments seen, stats[1]: dropped, stats[2]: the LCG's state, stats[3]: reordered.
  * With mark_ce the chosen segments are not dropped but marked Congestion Experienced (RFC 3168),
  * as a router with a full queue does. */
+#define REQUEUED_MARK 0x7e0dd
 BPF_ARRAY(cfg, u64, 4);
-BPF_ARRAY(stats, u64, 3);
+BPF_ARRAY(stats, u64, 4);
 
 int drop_chosen(struct __sk_buff *skb)
 {
     struct ethhdr eth;
     struct tcphdr tcp;
+    if (skb->mark == REQUEUED_MARK) {
+        skb->mark = 0;
+        return TC_ACT_UNSPEC;
+    }
     u32 l4, ip_payload;     /* TCP header offset; IP payload bytes (TCP header and data) */
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
         return TC_ACT_UNSPEC;
@@ -54,10 +63,10 @@ int drop_chosen(struct __sk_buff *skb)
     u32 payload = ip_payload - tcp.doff * 4;
     if (PURE_ACKS ? (payload || tcp.syn || tcp.fin || tcp.rst) : payload == 0)
         return TC_ACT_UNSPEC;
-    int k0 = 0, k1 = 1, k2 = 2;
-    u64 *seen = stats.lookup(&k0), *dropped = stats.lookup(&k1), *lcg = stats.lookup(&k2);
-    u64 *every = cfg.lookup(&k0), *bitmap = cfg.lookup(&k1), *share = cfg.lookup(&k2);
-    if (!seen || !dropped || !lcg || !every || !bitmap || !share)
+    int k0 = 0, k1 = 1, k2 = 2, k3 = 3;
+    u64 *seen = stats.lookup(&k0), *dropped = stats.lookup(&k1), *lcg = stats.lookup(&k2), *moved = stats.lookup(&k3);
+    u64 *every = cfg.lookup(&k0), *bitmap = cfg.lookup(&k1), *share = cfg.lookup(&k2), *reorder = cfg.lookup(&k3);
+    if (!seen || !dropped || !lcg || !moved || !every || !bitmap || !share || !reorder)
         return TC_ACT_UNSPEC;
     u64 n = __sync_fetch_and_add(seen, 1);
     *lcg = *lcg * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -79,6 +88,14 @@ int drop_chosen(struct __sk_buff *skb)
             b1 |= 0x30;
             bpf_skb_store_bytes(skb, ETH_HLEN + 1, &b1, 1, 0);
         }
+        return TC_ACT_UNSPEC;
+    }
+    *lcg = *lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+    if ((*lcg >> 48) < *reorder) {
+        __sync_fetch_and_add(moved, 1);
+        skb->mark = REQUEUED_MARK;
+        bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
+        return TC_ACT_SHOT;
     }
     return TC_ACT_UNSPEC;
 }
@@ -87,12 +104,13 @@ int drop_chosen(struct __sk_buff *skb)
 
 class Dropper:
     """Drop segments from port `sport` arriving on `ifname` (or, with egress, segments to port
-    `dport` leaving it); `drop` numbers them from 1, `every` and `share` add more. Two droppers
-    may share an interface (one per direction): close the second one first."""
+    `dport` leaving it); `drop` numbers them from 1, `every` and `share` add more; `reorder` (a
+    share, ingress only) delays segments behind the rest of their burst. Two droppers may share
+    an interface (one per direction): close the second one first."""
 
     def __init__(self, ns: NetNS, ifname: str, sport: int = 0, drop: set[int] = frozenset(), every: int = 0,
                  share: float = 0.0, seed: int = 1, *, dport: int = 0, egress: bool = False,
-                 pure_acks: bool = False, mark_ce: bool = False) -> None:
+                 pure_acks: bool = False, mark_ce: bool = False, reorder: float = 0.0) -> None:
         from bcc import BPF  # type: ignore[import-not-found]
         from pyroute2 import IPRoute
 
@@ -104,6 +122,9 @@ class Dropper:
         cfg[ct.c_int(0)] = ct.c_uint64(every)
         cfg[ct.c_int(1)] = ct.c_uint64(sum(1 << (i - 1) for i in drop))
         cfg[ct.c_int(2)] = ct.c_uint64(int(share * 65536))
+        if reorder and egress:
+            raise ValueError("reordering needs the ingress side: a clone redirected to egress leaves at once")
+        cfg[ct.c_int(3)] = ct.c_uint64(int(reorder * 65536))
         self.bpf[b"stats"][ct.c_int(2)] = ct.c_uint64(seed)
         self.ns = ns
         from pyroute2.netlink.exceptions import NetlinkError
@@ -125,6 +146,9 @@ class Dropper:
     def stats(self) -> tuple[int, int]:
         st = self.bpf[b"stats"]
         return int(st[ct.c_int(0)].value), int(st[ct.c_int(1)].value)
+
+    def reordered(self) -> int:
+        return int(self.bpf[b"stats"][ct.c_int(3)].value)
 
     def close(self) -> None:
         from pyroute2 import IPRoute

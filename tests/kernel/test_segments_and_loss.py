@@ -146,6 +146,29 @@ def test_multi_segment_answers_survive_loss(veth, site: Path, loss: dict[str, ob
         assert_no_tcp_trouble(veth.server)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+def test_answers_survive_reordering(veth, site: Path, kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    """A share of the server's data segments arrive behind the rest of their burst, with a little
+    loss besides: the client's out-of-order queue and its duplicate ACKs with SACK blocks (which
+    the kernel takes for a hole and fills, the segment then arriving twice) must cost nothing
+    but duplicates: every body byte-exact, every hot request still answered by the kernel, no
+    reset, challenge ACK or SACK discarded on either side, as with userspace alone."""
+    with lossy_veth(veth, site, *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel,
+                    share=1 / 50, reorder=1 / 6, seed=11) as (srv, dropper):  # type: ignore[arg-type]
+        c = RawClient(veth.client, host="192.0.2.1", timeout=20, nodelay=False)
+        for i in range(30):
+            for path in ("/large.bin", "/mid.bin", "/hot.txt"):
+                assert body_of(c.get(path)) == SITE_FILES[path[1:]], (i, path)
+        c.close()
+        closing_fetches(veth.client, "192.0.2.1", 10)
+        assert dropper.reordered() >= 20, dropper.reordered()
+        assert nstat(veth.client).get("TcpExtTCPOFOQueue", 0) >= 10  # it reached the client's TCP
+        m = srv.metrics()
+        assert m["fileserver_requests_total{path=kernel}"] == (100 if kernel else 0)
+        assert_no_tcp_trouble(veth.client, resets_allowed=True)  # (as in the loss test above)
+        assert_no_tcp_trouble(veth.server)
+
+
 def test_request_behind_a_multi_segment_answer_waits(veth, site: Path) -> None:  # type: ignore[no-untyped-def]
     """A request sent while a multi-segment answer is still on its way (here: its last segment
     lost, and the tail probe after it) is held back until the client has that answer; the client
