@@ -16,6 +16,7 @@ static __always_inline void new_connection(struct pkt *p, struct conn_key *k, st
     cs.client_wscale = ws < 0 ? 0 : ws;
     cs.flags = ws < 0 ? 0 : CONN_WS_OK;
     cs.next_seq = bpf_ntohl(p->tcp.seq) + 1;
+    cs.passed_end = cs.next_seq;
     cs.client_mss = parse_mss(skb, p);
     cs.last_seen_ns = bpf_ktime_get_ns();
     closed_conns.delete(k);                         /* (an earlier connection's, on this 4-tuple) */
@@ -426,10 +427,17 @@ static __always_inline int back_to_kernel(struct __sk_buff *skb, struct pkt *p, 
     int back = 0;
     struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
     /* The socket must also have processed every segment before this one (one can wait in its
-     * backlog while the socket is busy): this request must start exactly at its rcv_nxt. */
+     * backlog while the socket is busy): this request must start exactly at its rcv_nxt. And it
+     * must hold nothing after it: a later segment passed on earlier (pipelined behind this one,
+     * which was lost) waits in its out-of-order queue, which bpf_tcp_sock does not show. Answered
+     * here, this request would never reach the socket, which would wait for its bytes for ever,
+     * or take the next ones of the same length in their place and read the later segment twice.
+     * (Tested inside the socket's scope: checked before the lookup, bcc's LLVM sank the test below
+     * it, onto a path that returned without bpf_sk_release, which the verifier rejects.) */
     __u32 seq = bpf_ntohl(p->tcp.seq) - cs->delta_in;
+    int nothing_after = (__s32)(cs->passed_end - bpf_ntohl(p->tcp.seq)) <= 0;
     if (tp && sk->state == BPF_TCP_ESTABLISHED && tp->bytes_received == idle->consumed && tp->snd_nxt == ack &&
-        tp->rcv_nxt == seq) {
+        tp->rcv_nxt == seq && nothing_after) {
         back = FS_RACE;
         if (conn_claim(cs, *version)) {
             cs->next_seq = tp->rcv_nxt + cs->delta_in;     /* client view of where the socket stands (= this seq) */

@@ -67,7 +67,7 @@ struct conn_state {
     __u32 last_req_seq;     /* last request the kernel answered: start and length */
     __u32 last_req_len;
     __u32 last_resp_len;    /* and its response length (starts at srv_next - last_resp_len) */
-    __u32 pad0;
+    __u32 passed_end;       /* client view: after the furthest data byte passed to the server socket */
     __u64 flags;            /* CONN_*: changed only atomically (conn_sync.h) */
     __u64 version;          /* even while the sequence fields above are stable (conn_sync.h) */
     __u64 last_seen_ns;     /* bpf_ktime_get_ns of the last segment (userspace GC) */

@@ -114,6 +114,11 @@ static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, str
         uncount_hit();                              /* the earlier answer was undone: userspace answers */
     if (r != FS_NO_REQUEST)
         COUNT_PASS(r);
+    /* (for back_to_kernel; a plain store: two CPUs passing data of one connection at once can
+     * only keep the lower end, and the socket's rcv_nxt check then still holds the other back) */
+    __u32 end = bpf_ntohl(p->tcp.seq) + p->payload_len;
+    if (p->payload_len && (__s32)(end - cs->passed_end) > 0)
+        cs->passed_end = end;
     if (cs->flags & CONN_SOCK_ACK)
         CONN_CLEAR(cs, CONN_SOCK_ACK);              /* the socket gets this segment's ACK itself */
     xlate_in(skb, p, cs);

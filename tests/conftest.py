@@ -137,7 +137,7 @@ class RoutedPath:
         self.client, self.router, self.server = NetNS("fpc"), NetNS("fpr"), NetNS("fps")
         n = os.getpid() % 100000
         self.client_if, self.server_if = f"pc{n}", f"ps{n}"
-        rc, rs = f"rc{n}", f"rs{n}"
+        rc, rs = self.router_client_if, self.router_server_if = f"rc{n}", f"rs{n}"
         for mine, ns, theirs in ((self.client_if, self.client, rc), (self.server_if, self.server, rs)):
             subprocess.run(["ip", "link", "add", mine, "netns", ns.name, "type", "veth", "peer", "name", theirs,
                             "netns", self.router.name], check=True)

@@ -284,6 +284,44 @@ def test_return_to_kernel_then_a_multi_segment_answer(veth, site: Path) -> None:
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
+def test_no_return_to_kernel_over_the_sockets_out_of_order_queue(routed, site: Path, kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    """On a connection userspace holds, the client pipelines two requests and the first is lost:
+    the second reaches the server socket first, which keeps it out of order. When the first comes
+    again it starts at the socket's rcv_nxt, and userspace owes nothing: everything the kernel
+    can ask of the socket says the connection may come back. Answered in the kernel, though, the
+    first would never reach the socket, which would wait for its bytes before the second for
+    ever (or, as long as the second, take it in their place and answer it twice). It must stay
+    with userspace, and every response arrive once, in order."""
+    from tests.kernel.lossy import Dropper
+
+    srv = Server(routed.server, site, "--hot-after", "0", "--interface", routed.server_if,
+                 *([] if kernel else ["--no-kernel-cache"]), expect_kernel=kernel)
+    # The client's data segments, lost on the router (dropped at the client's own egress, a
+    # segment would only wait in its send queue): 1 is a miss, 2 the first of the pipelined two.
+    lost = Dropper(routed.router, routed.router_client_if, dport=8080, drop={2})
+    # The first alone again, not collapsed with the second into one segment (Linux's default).
+    routed.client.run("sysctl", "-qw", "net.ipv4.tcp_retrans_collapse=0")
+    try:
+        c = RawClient(routed.client, host=routed.SERVER4, timeout=10)
+        assert c.get("/nope").startswith(b"HTTP/1.1 404")  # userspace holds the connection
+        time.sleep(0.2)  # userspace says it owes nothing, the client has acknowledged the 404
+        c.send(b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.02)
+        c.send(b"GET /style.css HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+        assert body_of(c.read_response()) == SITE_FILES["style.css"]
+        assert c.get("/nope").startswith(b"HTTP/1.1 404")  # userspace: what the socket reads next
+        assert body_of(c.get("/index.html")) == SITE_FILES["index.html"]  # nothing read or answered twice
+        c.close()
+        assert lost.stats()[1] == 1
+        assert_no_tcp_trouble(routed.client)
+        assert_no_tcp_trouble(routed.server)
+    finally:
+        lost.close()
+        srv.stop()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
 @pytest.mark.parametrize(("path", "lost"), [("/hot.txt", {1}), ("/large.bin", {1}), ("/large.bin", {11, 12})],
                          ids=["one-segment", "several-first-lost", "several-last-and-probe-lost"])
 def test_half_close_behind_a_lost_answer(veth, site: Path, kernel: bool, path: str, lost: set[int]) -> None:  # type: ignore[no-untyped-def]
