@@ -28,6 +28,7 @@ enum pass_reason {
     PASS_CACHE_RACE,        /* entry changed between lookups */
     PASS_HANDSHAKE,         /* the server socket is not established yet (accept queue full, SYN cookies) */
     PASS_ECN,               /* a CE mark, or CWR/ECE: congestion signals the socket must see (RFC 3168) */
+    PASS_ROUTE,             /* the socket's segments to the client leave by another interface */
     NR_PASS_REASONS,
 };
 

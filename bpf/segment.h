@@ -46,7 +46,8 @@ static __always_inline void segment_hdrs(struct resp_hdrs *h, struct answer_ctx 
                                          __u32 seq, __u32 len, __u32 thl, int psh)
 {
     struct pkt *p = &ctx->p;
-    __builtin_memcpy(h->eth.h_dest, p->eth.h_source, ETH_ALEN);
+    /* (the socket's next hop, sock.h: note_route; before its SYN-ACK there is no answer) */
+    __builtin_memcpy(h->eth.h_dest, cs->out_ifindex ? cs->next_hop : p->eth.h_source, ETH_ALEN);
     __builtin_memcpy(h->eth.h_source, p->eth.h_dest, ETH_ALEN);
     h->eth.h_proto = p->eth.h_proto;
     ip_hdr(h, p, 1, thl + len);

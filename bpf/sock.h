@@ -21,6 +21,24 @@ static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *s
     return bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 }
 
+/* The way to the client, as the socket's route has it: its own segments (seen on egress, after
+ * the neighbour layer filled in their Ethernet header) leave by one interface for one next hop.
+ * The kernel's answers follow them (segment.h), not the request's way in, which differs behind a
+ * load balancer that returns nothing (direct server return) or with asymmetric routes: sent back
+ * to where the request came from, they could be dropped while the socket's own segments arrive.
+ * Stored only when it changes (the route or its neighbour did): a read on every segment, no
+ * write. (A plain store: ingress may read a half-updated address once, if a route changes
+ * mid-answer.) */
+static __always_inline void note_route(struct __sk_buff *skb, struct pkt *p, struct conn_state *cs)
+{
+    __u8 *to = p->eth.h_dest;
+    if (cs->out_ifindex == skb->ifindex && cs->next_hop[0] == to[0] && cs->next_hop[1] == to[1] &&
+        cs->next_hop[2] == to[2] && cs->next_hop[3] == to[3] && cs->next_hop[4] == to[4] && cs->next_hop[5] == to[5])
+        return;
+    __builtin_memcpy(cs->next_hop, to, ETH_ALEN);
+    cs->out_ifindex = skb->ifindex;
+}
+
 /* Whether the connection's server socket exists and is established. The kernel answers only then:
  * when the accept queue is full, the listener drops the handshake's last ACK (and with SYN cookies
  * it keeps no state at all), yet the client believes the connection is up and sends its request.

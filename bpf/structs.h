@@ -92,6 +92,10 @@ struct conn_state {
     __u16 sock_mss;         /* the server socket's MSS when first seen established (sock.h) */
     __u32 fin_in;           /* the client's sequence after its FIN (with CONN_FIN_IN) */
     __u32 fin_out;          /* the server's sequence after its FIN, client view (with CONN_FIN_OUT) */
+    __u32 out_ifindex;      /* the interface the socket's own segments leave by (0: none seen yet) */
+    __u8 next_hop[6];       /* and their destination MAC: the next hop the socket's route chose */
+    __u16 pad3;
+    __u32 pad4;
 };
 
 /* What is left of a closed connection's state (closed_conns): the deltas, for the segments a

@@ -29,6 +29,7 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
             xlate_closed(skb, p, gone, 0);
         return FS_PASS;
     }
+    note_route(skb, p, cs);
     /* The newest TSval the client may have seen: a kernel answer must not carry an older one. */
     __u32 tsval, tsecr;
     if (find_ts(skb, p, &tsval, &tsecr)) {

@@ -73,6 +73,10 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
         cs->sock_mss = mss;
         CONN_SET(cs, CONN_SOCK_UP);
     }
+    /* Answers leave by the interface the request came in by (clones redirected there, sized for
+     * its frames): if the socket's route to the client takes another, they are the socket's. */
+    if (cs->out_ifindex != skb->ifindex)
+        return PASS_ROUTE;
     ctx->rolled_back = *rolled_back;
     return load_request(skb, p, rb);
 }

@@ -43,6 +43,7 @@ class PassReason(enum.IntEnum):
     CACHE_RACE = enum.auto()
     HANDSHAKE = enum.auto()
     ECN = enum.auto()
+    ROUTE = enum.auto()
 
     @property
     def label(self) -> str:
