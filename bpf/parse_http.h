@@ -7,49 +7,64 @@
 
 static __always_inline __u8 lc(__u8 c) { return c | 0x20; }   /* letters only; others may alias */
 
-/* Header names that make a request ineligible. Aliasing in lc() can only add false matches, which
- * pass more requests to userspace: the safe direction. Returns a pass reason, FS_CONTINUE, or one
- * of the FS_HDR_* codes for headers the caller tracks. */
+/* Is the header name at h exactly `name` (lower case, with its colon)? A name is the whole token
+ * before the colon (RFC 9110 section 5.1): "Upgrade-Insecure-Requests" is not "Upgrade". lc()
+ * aliases only bytes that are not tchars onto the letters, '-' and ':' of a name, and parse_window
+ * rejects those in a name anyway. Inlined with a literal: constant compares, no loop. */
+#define NAME_IS(h, name) name_is(h, name, sizeof(name) - 1)
+static __always_inline int name_is(const __u8 *h, const char *name, const int n)
+{
+#pragma unroll
+    for (int j = 0; j < n; j++)
+        if (lc(h[j]) != name[j])
+            return 0;
+    return 1;
+}
+
+/* Header names that make a request ineligible, by the whole name. Returns a pass reason,
+ * FS_CONTINUE, or one of the FS_HDR_* codes for headers the caller tracks. */
 #define INM_NAME_LEN 14  /* "If-None-Match:" */
 
 static __always_inline int classify_header(const __u8 *h)
 {
-    if (lc(h[0]) == 'i' && lc(h[1]) == 'f' && h[2] == '-') {
-        if (lc(h[3]) == 'n' && lc(h[4]) == 'o' && lc(h[5]) == 'n' && lc(h[6]) == 'e' && h[7] == '-' &&
-            lc(h[8]) == 'm' && lc(h[9]) == 'a' && lc(h[10]) == 't' && lc(h[11]) == 'c' && lc(h[12]) == 'h' &&
-            h[13] == ':')
+    switch (lc(h[0])) {
+    case 'i':
+        if (NAME_IS(h, "if-none-match:"))
             return FS_HDR_INM;
-        return PASS_CONDITIONAL;                            /* If-Match, If-Modified-Since, If-Range, ... */
-    }
-    if (lc(h[0]) == 'r' && lc(h[1]) == 'a' && lc(h[2]) == 'n' && lc(h[3]) == 'g' && lc(h[4]) == 'e' && h[5] == ':')
-        return PASS_RANGE;
-    if (lc(h[0]) == 'c' && lc(h[1]) == 'o' && lc(h[2]) == 'n') {
-        if (lc(h[3]) == 't' && lc(h[4]) == 'e' && lc(h[5]) == 'n' && lc(h[6]) == 't' && h[7] == '-')
-            return PASS_BODY;                               /* Content-Length, Content-Type, ... */
-        if (lc(h[3]) == 'n' && lc(h[4]) == 'e' && lc(h[5]) == 'c' && lc(h[6]) == 't' && lc(h[7]) == 'i' &&
-            lc(h[8]) == 'o' && lc(h[9]) == 'n' && h[10] == ':') {
+        /* RFC 9110 section 13.1's other preconditions (and If-Range, section 13.1.5) */
+        if (NAME_IS(h, "if-modified-since:") || NAME_IS(h, "if-unmodified-since:") || NAME_IS(h, "if-match:") ||
+            NAME_IS(h, "if-range:"))
+            return PASS_CONDITIONAL;
+        return FS_CONTINUE;
+    case 'r':
+        return NAME_IS(h, "range:") ? PASS_RANGE : FS_CONTINUE;
+    case 'c':
+        /* (a body: Content-Length or Transfer-Encoding frames one, RFC 9112 section 6.1) */
+        if (NAME_IS(h, "content-length:"))
+            return PASS_BODY;
+        if (NAME_IS(h, "connection:")) {
             /* "keep-alive" and "close" decide the answer's variant (llhttp reads them case-blind, as
              * lc() does); any other value (upgrade, several tokens, odd spacing) goes to userspace. */
-            if (h[11] == ' ' && lc(h[12]) == 'k' && lc(h[13]) == 'e' && lc(h[14]) == 'e' && lc(h[15]) == 'p' &&
-                h[16] == '-' && lc(h[17]) == 'a' && lc(h[18]) == 'l' && lc(h[19]) == 'i' && lc(h[20]) == 'v' &&
-                lc(h[21]) == 'e' && h[22] == '\r')
+            if (h[11] == ' ' && NAME_IS(h + 12, "keep-alive") && h[22] == '\r')
                 return FS_HDR_CONN_KEEP;
-            if (h[11] == ' ' && lc(h[12]) == 'c' && lc(h[13]) == 'l' && lc(h[14]) == 'o' && lc(h[15]) == 's' &&
-                lc(h[16]) == 'e' && h[17] == '\r')
+            if (h[11] == ' ' && NAME_IS(h + 12, "close") && h[17] == '\r')
                 return FS_HDR_CONN_CLOSE;
             return PASS_CLOSE;
         }
+        return FS_CONTINUE;
+    case 'p':
+        /* llhttp reads Proxy-Connection as Connection (a legacy of http_parser): its close would
+         * end the connection after aiohttp's answer. */
+        return NAME_IS(h, "proxy-connection:") ? PASS_CLOSE : FS_CONTINUE;
+    case 't':
+        return NAME_IS(h, "transfer-encoding:") ? PASS_BODY : FS_CONTINUE;
+    case 'u':
+        return NAME_IS(h, "upgrade:") ? PASS_CLOSE : FS_CONTINUE;
+    case 'e':
+        return NAME_IS(h, "expect:") ? PASS_MALFORMED : FS_CONTINUE;   /* 100-continue wants a body */
+    case 'h':
+        return NAME_IS(h, "host:") ? FS_HDR_HOST : FS_CONTINUE;
     }
-    if (lc(h[0]) == 't' && lc(h[1]) == 'r' && lc(h[2]) == 'a' && lc(h[3]) == 'n' && lc(h[4]) == 's' &&
-        lc(h[5]) == 'f' && lc(h[6]) == 'e' && lc(h[7]) == 'r' && h[8] == '-')
-        return PASS_BODY;                                   /* Transfer-Encoding */
-    if (lc(h[0]) == 'u' && lc(h[1]) == 'p' && lc(h[2]) == 'g' && lc(h[3]) == 'r')
-        return PASS_CLOSE;                                  /* Upgrade */
-    if (lc(h[0]) == 'e' && lc(h[1]) == 'x' && lc(h[2]) == 'p' && lc(h[3]) == 'e' && lc(h[4]) == 'c' &&
-        lc(h[5]) == 't' && h[6] == ':')
-        return PASS_MALFORMED;                              /* Expect: 100-continue wants a body */
-    if (lc(h[0]) == 'h' && lc(h[1]) == 'o' && lc(h[2]) == 's' && lc(h[3]) == 't' && h[4] == ':')
-        return FS_HDR_HOST;
     return FS_CONTINUE;
 }
 
@@ -244,7 +259,11 @@ static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, st
  * comparison, as for GET and HEAD (section 13.1.2): a "W/" prefix is ignored. */
 static __always_inline int etag_matches(struct req_buf *rb, __u64 pos, __u8 *tag, __u32 tag_len)
 {
-    CLAMP_MAX(pos, MAX_REQ - ETAG_MAX - 16);
+    /* The value and what this reads after it must lie in rb->b: one that starts later is left to
+     * userspace (compared at a clamped position, it would be read from the wrong bytes). */
+    if (pos > MAX_REQ - ETAG_MAX - 16)
+        return -1;
+    CLAMP_MAX(pos, MAX_REQ - ETAG_MAX - 16);        /* (the verifier's bound) */
     __u8 *v = rb->b + pos;
     __u32 k = 0;
 #pragma unroll

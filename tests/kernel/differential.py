@@ -24,13 +24,62 @@ INTERESTING_HEADERS = [
     b"Connection: keep-alive", b"Connection: Keep-Alive, Upgrade", b"Expect: 100-continue", b"Range: bytes=0-1",
     b"If-None-Match: *", b'If-None-Match: "x"', b"Host: other", b"Upgrade: websocket", b" folded", b"\tfolded",
     b"X: a\nY: b", b"Bad Header: x", b"X-Empty:", b":novalue", b"Content-length: 0", b"TRANSFER-ENCODING: x",
+    b"Proxy-Connection: close", b"Proxy-Connection: keep-alive", b"Upgrade-Insecure-Requests: 1", b"Upgrade: h2c",
+    b"Upgrade-X: y", b"If-Modified-Since: Thu, 01 Jan 2026 00:00:00 GMT", b"If-Foo: x", b"Content-Type: text/plain",
+    b"Content-Lengthy: 5", b"Transfer-Encodings: x", b"Connection-X: close", b"Hostname: x", b"Expect-CT: x",
+    b"Rangefinder: x", b"Cache-Control: no-cache", b"Pragma: no-cache", b"Cookie: a=b; c=d",
 ]
+
 
 
 def base_request(method: bytes = b"GET", target: bytes = TARGET.encode(), version: bytes = b"HTTP/1.1",
                  headers: list[bytes] | None = None) -> bytes:
     hs = BASE_HEADERS if headers is None else headers
     return method + b" " + target + b" " + version + b"\r\n" + b"".join(h + b"\r\n" for h in hs) + b"\r\n"
+
+
+# Requests as real clients send them (Chromium 120 and Firefox 121 navigations and subresources,
+# curl, wget, nginx and HAProxy as proxies, a CDN in front), each with whether the kernel answers
+# it: every one of them llhttp reads as one plain GET, except where a header says otherwise.
+_CHROME_UA = (b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              b"Chrome/120.0.0.0 Safari/537.36")
+_CHROME_HINTS = [b'sec-ch-ua: "Chromium";v="120", "Not?A_Brand";v="8"', b"sec-ch-ua-mobile: ?0",
+                 b'sec-ch-ua-platform: "Linux"']
+REAL_REQUESTS: dict[str, tuple[bytes, bool]] = {
+    "chromium navigation": (base_request(target=b"/", headers=[
+        b"Host: test", b"Connection: keep-alive", b"Cache-Control: max-age=0", *_CHROME_HINTS,
+        b"Upgrade-Insecure-Requests: 1", _CHROME_UA,
+        b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
+        b"application/signed-exchange;v=b3;q=0.7",
+        b"Sec-Fetch-Site: none", b"Sec-Fetch-Mode: navigate", b"Sec-Fetch-User: ?1", b"Sec-Fetch-Dest: document",
+        b"Accept-Encoding: gzip, deflate, br", b"Accept-Language: en-US,en;q=0.9",
+        b"Cookie: session=3f9a1c2e; theme=dark"]), True),
+    "chromium stylesheet": (base_request(target=b"/style.css", headers=[
+        b"Host: test", b"Connection: keep-alive", b'sec-ch-ua-platform: "Linux"', _CHROME_UA, *_CHROME_HINTS[:2],
+        b"Accept: text/css,*/*;q=0.1", b"Sec-Fetch-Site: same-origin", b"Sec-Fetch-Mode: no-cors",
+        b"Sec-Fetch-Dest: style", b"Referer: http://test/", b"Accept-Encoding: gzip, deflate, br, zstd",
+        b"Accept-Language: en-US,en;q=0.9", b"Priority: u=0"]), True),
+    "firefox navigation": (base_request(target=b"/", headers=[
+        b"Host: test", b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+        b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", b"Accept-Language: en-US,en;q=0.5",
+        b"Accept-Encoding: gzip, deflate, br", b"DNT: 1", b"Connection: keep-alive", b"Upgrade-Insecure-Requests: 1",
+        b"Sec-Fetch-Dest: document", b"Sec-Fetch-Mode: navigate", b"Sec-Fetch-Site: none", b"Sec-Fetch-User: ?1",
+        b"Pragma: no-cache", b"Cache-Control: no-cache"]), True),
+    "curl": (base_request(headers=[b"Host: test", b"User-Agent: curl/7.88.1", b"Accept: */*"]), True),
+    "wget": (base_request(headers=[b"Host: test", b"User-Agent: Wget/1.21.3", b"Accept: */*",
+                                   b"Accept-Encoding: identity", b"Connection: Keep-Alive"]), True),
+    "nginx proxy": (base_request(version=b"HTTP/1.0", headers=[
+        b"Host: test", b"X-Real-IP: 198.51.100.7", b"X-Forwarded-For: 198.51.100.7", b"X-Forwarded-Proto: https",
+        b"Connection: close", b"User-Agent: curl/7.88.1", b"Accept: */*"]), True),
+    "haproxy": (base_request(headers=[b"Host: test", b"User-Agent: curl/7.88.1", b"Accept: */*",
+                                      b"X-Forwarded-For: 198.51.100.7", b"Via: 1.1 haproxy"]), True),
+    "cdn": (base_request(headers=[b"Host: test", b"Accept-Encoding: gzip", b"CF-Connecting-IP: 198.51.100.7",
+                                  b"CDN-Loop: cloudflare", b"X-Forwarded-For: 198.51.100.7", b"X-Forwarded-Proto: https",
+                                  b"Via: 1.1 varnish (Varnish/7.1)", b"User-Agent: Mozilla/5.0", b"Accept: */*"]), True),
+    # llhttp reads Proxy-Connection as Connection: userspace answers, and closes.
+    "old proxy, Proxy-Connection: close": (base_request(headers=[b"Host: test", b"Proxy-Connection: close",
+                                                                 b"Accept: */*"]), False),
+}
 
 
 def mutate(rng: random.Random) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.differential import base_request, head_marks, llhttp, mutate
+from tests.kernel.differential import REAL_REQUESTS, base_request, head_marks, llhttp, mutate
 from tests.conftest import SITE_FILES
 from tests.support import NetNS, body_of
 
@@ -71,3 +71,53 @@ def test_kernel_parser_never_disagrees_with_llhttp(netns: NetNS, site: Path, ser
     record_property("summary", f"{len(cases)} cases (seed {SEED}), {answered} answered by the kernel")
     assert not problems, problems[:5]
     assert answered >= 2  # the base requests at least: the test can see a kernel answer
+
+
+@pytest.mark.parametrize("name", REAL_REQUESTS)
+def test_real_client_requests(netns: NetNS, site: Path, server_factory, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Requests exactly as browsers, curl, wget, proxies and CDNs send them: the headers browsers
+    add (Upgrade-Insecure-Requests on every navigation, sec-ch-ua*, Sec-Fetch-*, Priority, DNT,
+    Cache-Control and Pragma, cookies) are decided on by their whole name, so these are answered
+    by the kernel, with the file and connection handling llhttp's reading calls for; a header
+    llhttp acts on (Proxy-Connection) sends the request to userspace."""
+    data, by_kernel = REAL_REQUESTS[name]
+    srv = server_factory(site, "--hot-after", "0")
+    view = llhttp(data)
+    assert view.answerable or not by_kernel, view.detail
+    with netns.entered():
+        s = socket.create_connection(("127.0.0.1", 8080), timeout=5)
+    try:
+        s.sendall(data)
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += s.recv(65536)
+        head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+        length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+        while len(response) < response.index(b"\r\n\r\n") + 4 + length:
+            response += s.recv(65536)
+    finally:
+        s.close()
+    assert body_of(response) == SITE_BODIES[view.path], name
+    assert head_marks(response) == view.expected_head_marks(), name
+    assert srv.kernel_hits() == (1 if by_kernel else 0), name
+
+
+def test_if_none_match_late_in_a_long_request(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """An If-None-Match value that starts past the last position the kernel can compare at (960)
+    is userspace's to judge. Compared at a clamped position instead, it was read from the bytes of
+    an earlier header: here one whose value ends in the file's own ETag, exactly there, so the
+    kernel answered 304 where aiohttp, reading If-None-Match: "x", answers 200."""
+    from tests.support import RawClient, split_response
+
+    srv = server_factory(site, "--hot-after", "0")
+    etag = split_response(RawClient(netns).get("/hot.txt"))[1]["etag"]
+    head = b"GET /hot.txt HTTP/1.1\r\nHost: test\r\nX-Pad: "
+    fill = b"p" * (960 - len(head))
+    data = head + fill + etag.encode() + b'\r\nIf-None-Match: "x"\r\n\r\n'
+    assert data.index(etag.encode()) == 960 and data.index(b'"x"') > 960 and len(data) <= 1024, len(data)
+    hits = srv.kernel_hits()
+    c = RawClient(netns)
+    c.send(data)
+    resp = c.read_response()
+    assert resp.startswith(b"HTTP/1.1 200") and body_of(resp) == SITE_FILES["hot.txt"], resp[:80]
+    assert srv.kernel_hits() == hits  # userspace judged it
