@@ -59,10 +59,10 @@ DATA_FOLLOWS_HEADER(5);
  * request was overwritten: the client retransmits it), FS_RACE or a pass reason. */
 static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs,
                                      __u32 rlen, __u32 body_csum, __u8 *data, const __u32 size,
-                                     const __u32 date_off, __u8 *date, __u32 hx, __u32 variant, const int kind)
+                                     __u32 date_off, __u8 *date, __u32 hx, __u32 variant, const int kind)
 {
     struct pkt *p = &ctx->p;
-    if (rlen < date_off + DATE_SLOT_LEN || rlen > size)
+    if (rlen < date_off + DATE_SLOT_LEN || rlen > size || date_off > MAX_DATE_SLOT_OFFSET)
         return PASS_CACHE_RACE;
     __u32 extra = variant_extra(variant);
     if (extra && (hx < date_off + DATE_SLOT_LEN || hx > rlen || hx >= CHUNK))
@@ -78,7 +78,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     if (total > seg) {
         /* Several segments, sent by fs_seg<cls>. Only whole 200s get this long; the head and the
          * variant's header line must sit in the first segment. */
-        if (kind != KIND_FULL || seg < MIN_SEG_PAYLOAD || hx + extra > seg || total > seg * MAX_SEGS)
+        if (kind != KIND_FULL || date_off != DATE_SLOT_OFFSET || seg < MIN_SEG_PAYLOAD || hx + extra > seg ||
+            total > seg * MAX_SEGS)
             return PASS_TOO_BIG;
         if (!conn_claim(cs, ctx->version))
             return FS_RACE;
@@ -133,6 +134,8 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     __u32 psum;
     __u32 hsum = header_sum(&h, p->v6, p->has_ts, total, &psum);
     __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
+    if (date_off & 1)
+        dsum = csum_at_odd(dsum);                   /* (a 404's: "HTTP/1.1 404 Not Found\r\nDate:") */
 
     if (bpf_skb_change_tail(skb, frame, 0) < 0) {
         ctx->version = conn_release(cs);            /* (so the pass that follows can claim) */
@@ -171,13 +174,15 @@ static __always_inline __u32 variant_csum(struct body_hdr *h, const int kind, __
 }
 
 /* Answer from one cached version: 304 if If-None-Match names it, headers only for HEAD, else 200;
- * each in the variant the request's version and Connection header call for. */
+ * each in the variant the request's version and Connection header call for. A negative entry
+ * (nm_len 0) holds userspace's 404 for a missing path instead, which no precondition changes
+ * (RFC 9110 section 13.2.1: they apply to a selected representation, and there is none). */
 static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
                                        struct conn_state *cs, struct clock *clk, struct body_hdr *h,
                                        __u8 *data, const __u32 size)
 {
     __u32 v = ctx->variant;
-    if (ctx->inm_pos) {
+    if (h->nm_len && ctx->inm_pos) {
         __u32 off = h->etag_off;
         CLAMP_MAX(off, NM_REGION - ETAG_MAX);
         int m = etag_matches(rb, ctx->inm_pos, data + off, h->etag_len);
@@ -186,13 +191,22 @@ static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx 
         if (m)
             return send_body(skb, ctx, cs, h->nm_len, variant_csum(h, KIND_NM, v, h->nm_csum), data, NM_REGION,
                              NM_DATE_SLOT_OFFSET, clk->date, h->nm_len - 2, v, KIND_NM);
+    } else if (h->nm_len && ctx->ims_pos) {
+        /* RFC 9110 section 13.2.2: If-Modified-Since counts only without If-None-Match (browsers
+         * send both on a revalidation; the ETag decides then, above). */
+        __u32 off = h->lm_off;
+        CLAMP_MAX(off, NM_REGION - IMF_FIXDATE_LEN);
+        if (!date_is(rb, ctx->ims_pos, data + off))
+            return PASS_CONDITIONAL;
+        return send_body(skb, ctx, cs, h->nm_len, variant_csum(h, KIND_NM, v, h->nm_csum), data, NM_REGION,
+                         NM_DATE_SLOT_OFFSET, clk->date, h->nm_len - 2, v, KIND_NM);
     }
     __u8 *full = data + NM_REGION;
     if (ctx->is_head)
         return send_body(skb, ctx, cs, h->head_len, variant_csum(h, KIND_HEAD, v, h->head_csum), full,
-                         size - NM_REGION, DATE_SLOT_OFFSET, clk->date, h->head_len - 2, v, KIND_HEAD);
+                         size - NM_REGION, h->date_off, clk->date, h->head_len - 2, v, KIND_HEAD);
     return send_body(skb, ctx, cs, h->len, variant_csum(h, KIND_FULL, v, h->csum), full, size - NM_REGION,
-                     DATE_SLOT_OFFSET, clk->date, h->head_len - 2, v, KIND_FULL);
+                     h->date_off, clk->date, h->head_len - 2, v, KIND_FULL);
 }
 
 /* fs_send<cls>: answer the request in answer_ctx from its entry's body of size class cls. */

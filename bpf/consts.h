@@ -113,11 +113,15 @@
 #define DATE_SLOT_LEN 32
 /* In a 304, "HTTP/1.1 304 Not Modified\r\nDate:" is 32 bytes: the same slot bytes fit at 32. */
 #define NM_DATE_SLOT_OFFSET 32
+/* ... and at most here in any stored answer (a 404's is at 29) */
+#define MAX_DATE_SLOT_OFFSET 64
 
 /* The 304 answer of an entry sits in the first NM_REGION bytes of its data; ETags are shorter than
  * ETAG_MAX ("<16 hex digits>-<16 hex digits>" in quotes is 36). */
 #define NM_REGION 256
 #define ETAG_MAX 48
+/* An IMF-fixdate (RFC 9110 section 5.6.7), "Sun, 06 Nov 1994 08:49:37 GMT": Last-Modified's form. */
+#define IMF_FIXDATE_LEN 29
 
 /* If userspace has not refreshed the clock for this long, it is presumed dead and every request
  * passes (the filter may outlive the process: DESIGN.md section 6, liveness). */

@@ -13,6 +13,15 @@ static __always_inline __u16 csum_fold(__u64 sum)
     return (__u16)sum;
 }
 
+/* The sum of bytes that sit at an odd offset of the segment: RFC 1071 sums 16-bit words, so each
+ * byte lands in the other half of its word, and the sum of the bytes read from an even address is
+ * byte-swapped (one's complement addition commutes with the swap, RFC 1071 section 2(B)). */
+static __always_inline __u32 csum_at_odd(__u64 sum)
+{
+    __u16 s = csum_fold(sum);
+    return (__u32)(((s & 0xff) << 8) | (s >> 8));
+}
+
 struct pseudo_hdr4 {
     __be32 saddr;
     __be32 daddr;

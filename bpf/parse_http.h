@@ -24,6 +24,7 @@ static __always_inline int name_is(const __u8 *h, const char *name, const int n)
 /* Header names that make a request ineligible, by the whole name. Returns a pass reason,
  * FS_CONTINUE, or one of the FS_HDR_* codes for headers the caller tracks. */
 #define INM_NAME_LEN 14  /* "If-None-Match:" */
+#define IMS_NAME_LEN 18  /* "If-Modified-Since:" */
 
 static __always_inline int classify_header(const __u8 *h)
 {
@@ -32,8 +33,9 @@ static __always_inline int classify_header(const __u8 *h)
         if (NAME_IS(h, "if-none-match:"))
             return FS_HDR_INM;
         /* RFC 9110 section 13.1's other preconditions (and If-Range, section 13.1.5) */
-        if (NAME_IS(h, "if-modified-since:") || NAME_IS(h, "if-unmodified-since:") || NAME_IS(h, "if-match:") ||
-            NAME_IS(h, "if-range:"))
+        if (NAME_IS(h, "if-modified-since:"))
+            return FS_HDR_IMS;
+        if (NAME_IS(h, "if-unmodified-since:") || NAME_IS(h, "if-match:") || NAME_IS(h, "if-range:"))
             return PASS_CONDITIONAL;
         return FS_CONTINUE;
     case 'r':
@@ -187,6 +189,10 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
                 if (*(volatile __u32 *)&rb->inm_pos)
                     return PASS_CONDITIONAL;                /* two of them: let userspace combine */
                 rb->inm_pos = i + INM_NAME_LEN;
+            } else if (r == FS_HDR_IMS) {
+                if (*(volatile __u32 *)&rb->ims_pos)
+                    return PASS_CONDITIONAL;
+                rb->ims_pos = i + IMS_NAME_LEN;
             } else if (r == FS_HDR_HOST) {
                 if (*(volatile __u32 *)&rb->host_seen)
                     return PASS_MALFORMED;                  /* llhttp rejects a duplicate Host */
@@ -245,6 +251,7 @@ static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, st
     rb->len = plen;
     rb->state = ST_START;
     rb->inm_pos = 0;
+    rb->ims_pos = 0;
     rb->host_seen = 0;
     rb->headers = 0;
     rb->line_start = 0;
@@ -304,6 +311,34 @@ static __always_inline int etag_matches(struct req_buf *rb, __u64 pos, __u8 *tag
         if (j < tag_len && v[k + j] != tag[j])
             equal = 0;
     return equal;
+}
+
+/* Is the If-Modified-Since value at rb->b[pos] exactly this Last-Modified (IMF_FIXDATE_LEN bytes,
+ * optional whitespace around it)? Then the file has not been modified since (RFC 9110 section
+ * 13.1.3: same second), and userspace would answer 304 too. Any other date, or another form of
+ * one, is userspace's to parse: 0. */
+static __always_inline int date_is(struct req_buf *rb, __u64 pos, __u8 *last_modified)
+{
+    if (pos > MAX_REQ - IMF_FIXDATE_LEN - 16)
+        return 0;
+    CLAMP_MAX(pos, MAX_REQ - IMF_FIXDATE_LEN - 16);
+    __u8 *v = rb->b + pos;
+    __u32 k = 0;
+#pragma unroll
+    for (int s = 0; s < 4; s++)                     /* optional whitespace */
+        if (k == s && (v[k] == ' ' || v[k] == '\t'))
+            k++;
+    int equal = 1;
+#pragma unroll
+    for (int j = 0; j < IMF_FIXDATE_LEN; j++)
+        if (v[k + j] != last_modified[j])
+            equal = 0;
+    __u32 ows = 0;
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+        if (ows == s && (v[k + IMF_FIXDATE_LEN + s] == ' ' || v[k + IMF_FIXDATE_LEN + s] == '\t'))
+            ows++;
+    return equal && v[k + IMF_FIXDATE_LEN + ows] == '\r';
 }
 
 /* How aiohttp answers this form of request (VAR_*): by its version and Connection header. */

@@ -29,6 +29,7 @@ enum fs_result {
 
     /* The header classes parse_http.h tracks (classify_header to parse_window only). */
     FS_HDR_INM,             /* If-None-Match: the sender compares it with the entry's ETag */
+    FS_HDR_IMS,             /* If-Modified-Since: ... and this with its Last-Modified */
     FS_HDR_HOST,            /* Host: llhttp requires exactly one in HTTP/1.1 */
     FS_HDR_CONN_KEEP,       /* Connection: keep-alive */
     FS_HDR_CONN_CLOSE,      /* Connection: close */

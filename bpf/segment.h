@@ -124,7 +124,7 @@ static __always_inline __u32 variant_extra(__u32 variant)
  * final CRLF starts, and/or "HTTP/1.0"; and the current Date. So: everything shifted up by extra
  * first, then the head before hx again in place, then the line in the gap. */
 static __always_inline long store_variant(struct __sk_buff *skb, __u32 poff, __u8 *data, __u32 n, __u32 hx,
-                                          __u32 variant, __u32 extra, __u8 *date, const __u32 date_off,
+                                          __u32 variant, __u32 extra, __u8 *date, __u32 date_off,
                                           const __u32 size)
 {
     long err = store_slice(skb, poff + extra, data, 0, n, size);

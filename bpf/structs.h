@@ -33,6 +33,9 @@ struct body_hdr {
     /* Sums of the other variants (VAR_*, from 1) of each kind of answer (KIND_*), Date zeroed, at
      * [kind * (NR_VARIANTS - 1) + variant - 1] (flat: bcc's Python types lose a second dimension). */
     __u16 vcsum[NR_KINDS * (NR_VARIANTS - 1)];
+    __u16 lm_off;           /* the Last-Modified value (IMF_FIXDATE_LEN bytes) inside the 304 bytes */
+    __u16 date_off;         /* the Date slot in the 200 answer (DATE_SLOT_OFFSET), or in the 404 of
+                             * a negative entry (one for a missing path: nm_len 0, no 304) */
     __u16 pad;
 };
 
@@ -172,6 +175,7 @@ struct req_buf {
     __u32 state;                /* parse_window's scanner state between stages */
     __u32 path_start;           /* where the target starts: 4 for "GET ", 5 for "HEAD " */
     __u32 inm_pos;              /* where the If-None-Match value starts (0: no such header) */
+    __u32 ims_pos;              /* where the If-Modified-Since value starts (0: no such header) */
     __u32 scratch;              /* values handed through memory to keep verifier states few */
     __u32 host_seen;            /* a Host header was seen */
     __u32 headers;              /* header lines so far */
@@ -192,6 +196,7 @@ struct answer_ctx {
     int rolled_back;
     int is_head;                /* answer with the headers only */
     __u32 inm_pos;              /* If-None-Match value in the request buffer, 0 if none */
+    __u32 ims_pos;              /* If-Modified-Since value in the request buffer, 0 if none */
     __u32 variant;              /* VAR_*: how to answer */
     /* For fs_seg<cls>: send answer bytes [seg_off, seg_end) of the connection's last answer (none:
      * a pure ACK), acknowledging ack_seq, with these timestamps (network order). */

@@ -249,6 +249,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage
             ctx->ref = *ref;
             ctx->is_head = rb->path_start == 5;
             ctx->inm_pos = rb->inm_pos;
+            ctx->ims_pos = rb->ims_pos;
             ctx->variant = request_variant(rb);
             progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
             r = PASS_CACHE_RACE;

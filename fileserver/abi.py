@@ -113,14 +113,17 @@ SEG_PROGRAMS = tuple(f"fs_seg{c}" for c in range(NR_CLASSES))
 
 NM_REGION = 256             # NM_REGION: data[0, NM_REGION) holds the 304 answer, the 200 answer follows
 ETAG_MAX = 48               # ETAG_MAX: longest ETag the kernel compares
+IMF_FIXDATE_LEN = 29        # IMF_FIXDATE_LEN: Last-Modified's value, compared with If-Modified-Since
 DATE_SLOT_OFFSET = 22       # DATE_SLOT_OFFSET: where the Date slot sits in a 200 response
 NM_DATE_SLOT_OFFSET = 32    # NM_DATE_SLOT_OFFSET: ... and in a 304
+MAX_DATE_SLOT_OFFSET = 64   # MAX_DATE_SLOT_OFFSET: ... and at most in any stored answer (a 404's: 29)
 DATE_SLOT_LEN = 32          # DATE_SLOT_LEN: " " + IMF-fixdate + CRLF (struct clock's `date`)
 VERSION_DIGIT_OFFSET = 7    # VERSION_DIGIT_OFFSET: the '1' of "HTTP/1.1" in the status line
 MAX_PATH = 128              # MAX_PATH: struct path_key, the file_cache key
 # Fields of struct body_hdr userspace writes, in order (`pad` aside). vcsum holds the sums of the
 # other variants of each kind at [kind * (NR_VARIANTS - 1) + variant - 1].
-BODY_HDR_FIELDS = ("len", "csum", "head_len", "head_csum", "nm_len", "nm_csum", "etag_off", "etag_len", "vcsum")
+BODY_HDR_FIELDS = ("len", "csum", "head_len", "head_csum", "nm_len", "nm_csum", "etag_off", "etag_len", "vcsum",
+                   "lm_off", "date_off")
 # The fields userspace reads or writes through bcc's types of other structs (a ctypes Structure
 # takes an assignment to a misspelt field silently, so the names are checked against the C).
 STRUCT_FIELDS_USED = {

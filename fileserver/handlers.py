@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from fileserver.http_semantics import (
+    NOT_FOUND_TEXT,
     Precondition,
     RangeUnsatisfiable,
     Validators,
@@ -28,6 +29,7 @@ from fileserver.http_semantics import (
     if_range_allows,
     not_modified_headers,
     parse_range,
+    simple_headers,
 )
 from fileserver.resolve import Outcome, Resolver, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
@@ -38,6 +40,7 @@ ALLOWED_METHODS = "GET, HEAD"
 
 # Called after userspace served a whole small file with 200: (canonical request path, snapshot).
 ServedHook = Callable[[str, Snapshot], None]
+MissingHook = Callable[[str], None]  # a GET or HEAD of a canonical path that does not exist: its 404
 
 
 class LatencyObserver(Protocol):
@@ -77,12 +80,14 @@ class StaticHandler:
         *,
         autoindex: bool = False,
         on_served: ServedHook | None = None,
+        on_missing: MissingHook | None = None,
     ) -> None:
         self.resolver = resolver
         self.memcache = memcache
         self.stats = stats
         self.autoindex = autoindex
         self.on_served = on_served
+        self.on_missing = on_missing
         self.latency: LatencyObserver | None = None
         self.dates = DateCache()
 
@@ -99,11 +104,7 @@ class StaticHandler:
 
     def _simple(self, status: int, text: str, extra: list[tuple[str, str]] | None = None) -> web.Response:
         body = text.encode()
-        headers = CIMultiDict(common_headers(self.dates.now()))
-        headers["Content-Type"] = "text/plain; charset=utf-8"
-        for k, v in extra or ():
-            headers[k] = v
-        return web.Response(status=status, body=body, headers=headers)
+        return web.Response(status=status, body=body, headers=CIMultiDict(simple_headers(self.dates.now(), len(body), extra)))
 
     def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
@@ -124,7 +125,10 @@ class StaticHandler:
             return self._simple(400, "400: Bad Request\n")
         if outcome is Outcome.FORBIDDEN:
             return self._simple(403, "403: Forbidden\n")
-        return self._simple(404, "404: Not Found\n")
+        path = raw_path.split("?", 1)[0]
+        if outcome is Outcome.NOT_FOUND and self.on_missing is not None and is_canonical(path):
+            self.on_missing(path)
+        return self._simple(404, NOT_FOUND_TEXT)
 
     def _file(self, request: web.BaseRequest, raw_path: str, path: Path) -> web.StreamResponse:
         try:

@@ -121,6 +121,27 @@ def as_variant(response: bytes, head_len: int, variant: Variant) -> bytes:
     return out
 
 
+STATUS_LINE_404 = b"HTTP/1.1 404 Not Found\r\n"
+NOT_FOUND_TEXT = "404: Not Found\n"
+
+
+def simple_headers(date: str, body_len: int, extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """Headers of the plain-text answers (404, 403, 301, ...), in wire order: Date and Server, the
+    type, the caller's, then the length (where aiohttp would append it)."""
+    return common_headers(date) + [("Content-Type", "text/plain; charset=utf-8"), *(extra or ()),
+                                   ("Content-Length", str(body_len))]
+
+
+def not_found_response(date: str) -> tuple[bytes, int, int]:
+    """The 404 for a missing path exactly as sent on the wire: the bytes, the length of the head,
+    and where its Date slot (" " + date + CRLF) starts."""
+    body = NOT_FOUND_TEXT.encode()
+    head = serialize_head(STATUS_LINE_404, simple_headers(date, len(body)))
+    date_slot = len(STATUS_LINE_404) + len(b"Date:")
+    assert head[date_slot + 1 : date_slot + 1 + DATE_LEN] == date.encode()
+    return head + body, len(head), date_slot
+
+
 def response_head(name: str, v: Validators, date: str) -> bytes:
     """Status line and headers of the 200 response for a whole file, exactly as sent on the wire."""
     head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v))

@@ -6,6 +6,12 @@ map of its size class under a fresh id, then file_cache is pointed at it, then t
 deleted. Readers therefore see one whole version or miss. The number of entries is bounded; the
 least recently hit entry (kernel or userspace) is evicted to make room.
 
+A path that does not exist gets a negative entry once it is as hot (`/favicon.ico`,
+`/robots.txt`: browsers ask for them on every site): the kernel then answers its 404, the same
+bytes as userspace's. At most a NEGATIVE_SHARE of the entries are negative (a scan of random paths
+evicts only other negative entries), and one is dropped, or replaced by the file's entry, the
+moment a file event names its path, as files' entries are refreshed.
+
 A replaced or dropped body is deleted only RESEND_GRACE_S later: a kernel answer of several
 segments may have to send a lost one again, with the bytes of the version it started with (without
 them the kernel resets that connection rather than mix versions).
@@ -22,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fileserver.abi import DATE_SLOT_OFFSET
 from fileserver.config import Config
 from fileserver.maps import Maps
-from fileserver.http_semantics import Validators, not_modified_head, response_head
+from fileserver.http_semantics import Validators, not_found_response, not_modified_head, response_head
 from fileserver.resolve import INDEX_FILE, Outcome, Resolver, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
@@ -32,17 +39,23 @@ log = logging.getLogger("fileserver.kcache")
 
 RESEND_GRACE_S = 30.0     # longer than a client's retransmission backoff takes to give up on a loss burst
 MAX_RETIRED = 256         # retired bodies kept at most (each holds a slot of its size class)
+NEGATIVE_SHARE = 8        # at most 1/NEGATIVE_SHARE of the entries are negative (at least MIN_NEGATIVE)
+MIN_NEGATIVE = 16
 
 
 @dataclass
 class Entry:
     url_path: str
-    file: Path
-    validators: Validators
+    file: Path  # for a negative entry, where the file would be
+    validators: Validators | None  # None: a negative entry (the path's 404)
     body_id: int
     cls: int
     size: int  # response bytes
     user_hit_ns: int
+
+    @property
+    def negative(self) -> bool:
+        return self.validators is None
 
 
 @dataclass
@@ -53,6 +66,7 @@ class CacheStats:
     updates_hot: int = 0
     updates_modified: int = 0
     updates_deleted: int = 0
+    updates_missing: int = 0  # negative entries pushed (a missing path's 404)
 
 
 class KernelCache:
@@ -67,6 +81,7 @@ class KernelCache:
         self.entries: dict[str, Entry] = {}
         self.stats = CacheStats()
         self._hits: Counter[str] = Counter()
+        self._misses: Counter[str] = Counter()
         self._next_id = 1
         self._lock = threading.RLock()
         self._retired: list[tuple[float, int, int]] = []   # (delete after, class, body id)
@@ -90,6 +105,20 @@ class KernelCache:
             if self._hits[url_path] >= self.config.hot_after or entry is not None:
                 self._push(url_path, snap, cause="hot" if entry is None else "modified")
 
+    def on_user_missing(self, url_path: str) -> None:
+        """Called by the userspace handler after a 404 for a path that does not exist."""
+        with self._lock:
+            entry = self.entries.get(url_path)
+            if entry is not None:
+                entry.user_hit_ns = time.monotonic_ns()
+                if entry.negative:
+                    return  # already there (this request raced the push)
+            self._misses[url_path] += 1
+            if self._misses[url_path] >= max(1, self.config.hot_after):
+                self._misses.pop(url_path, None)
+                if entry is None:
+                    self._push_negative(url_path)
+
     def preload(self) -> int:
         """--hot-after 0: push every eligible file under the root at start."""
         pushed = 0
@@ -111,6 +140,11 @@ class KernelCache:
     def refresh(self, url_path: str, cause: str = "modified") -> bool:
         """Rebuild or drop the entry for url_path from what the filesystem says now."""
         resolved = self.resolver.resolve(url_path)
+        if resolved.outcome is Outcome.NOT_FOUND:
+            with self._lock:
+                entry = self.entries.get(url_path)
+                if entry is not None and entry.negative:
+                    return True  # still missing: its 404 stands
         if resolved.outcome is not Outcome.FILE or resolved.path is None:
             self.drop(url_path)
             return False
@@ -149,6 +183,35 @@ class KernelCache:
 
     # -- map updates ------------------------------------------------------------------------------
 
+    def _push_negative(self, url_path: str) -> bool:
+        """A negative entry: the path's 404, answered by the kernel until a file appears there."""
+        response, head_len, date_slot = not_found_response(self.date())
+        cls = self.maps.size_class(len(response))
+        if cls is None:
+            return False
+        with self._lock:
+            negatives = [e for e in self.entries.values() if e.negative]
+            if len(negatives) >= max(MIN_NEGATIVE, self.config.kernel_cache_entries // NEGATIVE_SHARE):
+                self.drop(self._least_recent(negatives).url_path, evicted=True)
+            elif len(self.entries) >= self.config.kernel_cache_entries:
+                self._evict_one()
+            body_id = self._next_id
+            self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+            try:
+                self._put_body(cls, body_id, response, head_len, b"", b"", date_slot)
+                self.maps.set_ref(url_path, body_id, cls)
+            except Exception as e:  # bcc raises plain Exception for a full map
+                log.debug("could not push the 404 of %s to the kernel cache: %s", url_path, e)
+                self.maps.delete_body(cls, body_id)
+                return False
+            where = Path(self.resolver.root, *[s for s in url_path.split("/") if s])
+            self.entries[url_path] = Entry(url_path, where, None, body_id, cls, len(response), time.monotonic_ns())
+            self.stats.bytes += len(response)
+            self.stats.entries = len(self.entries)
+            self.stats.updates_missing += 1
+        log.debug("kernel cache: 404 for %s", url_path)
+        return True
+
     def _push(self, url_path: str, snap: Snapshot, cause: str) -> bool:
         head = response_head(snap.path.name, snap.validators, self.date())
         response = head + snap.body
@@ -162,7 +225,8 @@ class KernelCache:
             body_id = self._next_id
             self._next_id = (self._next_id % 0xFFFFFFFF) + 1
             try:
-                self._put_body(cls, body_id, response, len(head), snap)
+                self._put_body(cls, body_id, response, len(head), not_modified_head(snap.validators, self.date()),
+                           snap.validators.etag.encode())
                 self.maps.set_ref(url_path, body_id, cls)
             except Exception as e:  # bcc raises plain Exception for a full map
                 # A full map or an oversized key: the request is simply served by userspace.
@@ -199,8 +263,9 @@ class KernelCache:
                 self.stats.updates_deleted += 1
         log.debug("kernel cache: %s %s", "evicted" if evicted else "dropped", url_path)
 
-    def _put_body(self, cls: int, body_id: int, response: bytes, head_len: int, snap: Snapshot) -> None:
-        args = (response, head_len, not_modified_head(snap.validators, self.date()), snap.validators.etag.encode())
+    def _put_body(self, cls: int, body_id: int, response: bytes, head_len: int, not_modified: bytes, etag: bytes,
+                  date_slot: int = DATE_SLOT_OFFSET) -> None:
+        args = (response, head_len, not_modified, etag, date_slot)
         try:
             self.maps.put_body(cls, body_id, *args)
         except Exception:
@@ -229,13 +294,12 @@ class KernelCache:
                 self.maps.delete_body(cls, body_id)
         return len(due)
 
-    def _evict_one(self) -> None:
+    def _least_recent(self, entries: list[Entry]) -> Entry:
         kernel_hits = self.maps.entry_hits()
-        victim = min(
-            self.entries.values(),
-            key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, (0, 0))[1]),
-        )
-        self.drop(victim.url_path, evicted=True)
+        return min(entries, key=lambda e: max(e.user_hit_ns, kernel_hits.get(e.url_path, (0, 0))[1]))
+
+    def _evict_one(self) -> None:
+        self.drop(self._least_recent(list(self.entries.values())).url_path, evicted=True)
 
     def reconfigure(self, resolver: Resolver, config: Config) -> None:
         """A reload: if it changed the root or the hot policy, start over from the new ones (the

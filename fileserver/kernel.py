@@ -57,6 +57,9 @@ class KernelPath:
     def on_user_served(self, path: str, snap: Snapshot) -> None:
         pass
 
+    def on_user_missing(self, path: str) -> None:
+        pass
+
     def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
         """Where to send the connections the kernel ended (called in the event loop's thread)."""
 
@@ -304,6 +307,13 @@ class ActiveKernelPath(KernelPath):
             self.cache.on_user_served(path, snap)
         except Exception:
             log.exception("kernel cache update for %s failed (the file is still served from userspace)", path)
+
+    def on_user_missing(self, path: str) -> None:
+        """Count a userspace 404 of a missing path towards a negative entry; never fail it."""
+        try:
+            self.cache.on_user_missing(path)
+        except Exception:
+            log.exception("kernel cache update for the missing %s failed (its 404 still comes from userspace)", path)
 
     def counters(self) -> Counters:
         return self.maps.counters()

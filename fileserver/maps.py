@@ -22,6 +22,7 @@ from fileserver.abi import (
     DATE_SLOT_OFFSET,
     ETH_HLEN_,
     IF_COUNTER_FIELDS,
+    IMF_FIXDATE_LEN,
     MAX_FRAME,
     NM_DATE_SLOT_OFFSET,
     NM_REGION,
@@ -138,25 +139,34 @@ class Maps:
         ct.memmove(ct.addressof(key), raw, len(raw))
         return key
 
-    def put_body(self, cls: int, body_id: int, response: bytes, head_len: int, not_modified: bytes, etag: bytes) -> None:
+    def put_body(self, cls: int, body_id: int, response: bytes, head_len: int, not_modified: bytes, etag: bytes,
+                 date_slot: int = DATE_SLOT_OFFSET) -> None:
         """One version of a file: the whole 200 response (its first head_len bytes answer a HEAD)
-        and the 304 response, which contains the ETag the kernel compares If-None-Match with."""
+        and the 304 response, which contains the ETag the kernel compares If-None-Match with and
+        the Last-Modified it compares If-Modified-Since with. A negative entry has no 304
+        (not_modified and etag empty): its response is the 404, with its Date slot at date_slot."""
         if len(not_modified) > NM_REGION:
             raise ValueError("304 response larger than its region")
         table = self.bodies[cls]
         leaf = table.Leaf()
         h = leaf.h
         h.len = len(response)
-        h.csum = body_checksum(response)
+        h.csum = body_checksum(response, date_slot)
         h.head_len = head_len
-        h.head_csum = body_checksum(response[:head_len])
+        h.head_csum = body_checksum(response[:head_len], date_slot)
+        h.date_off = date_slot
         h.nm_len = len(not_modified)
-        h.nm_csum = body_checksum(not_modified, NM_DATE_SLOT_OFFSET)
-        h.etag_off = not_modified.index(b"ETag: " + etag + b"\r\n") + len(b"ETag: ")
-        h.etag_len = len(etag)
+        kinds = {Kind.FULL: (response, head_len, date_slot), Kind.HEAD: (response[:head_len], head_len, date_slot)}
+        if not_modified:
+            h.nm_csum = body_checksum(not_modified, NM_DATE_SLOT_OFFSET)
+            h.etag_off = not_modified.index(b"ETag: " + etag + b"\r\n") + len(b"ETag: ")
+            h.etag_len = len(etag)
+            lm = not_modified.index(b"\r\nLast-Modified: ") + len(b"\r\nLast-Modified: ")
+            if not_modified[lm + IMF_FIXDATE_LEN:lm + IMF_FIXDATE_LEN + 2] != b"\r\n":
+                raise ValueError("Last-Modified is not an IMF-fixdate")
+            h.lm_off = lm
+            kinds[Kind.NM] = (not_modified, len(not_modified), NM_DATE_SLOT_OFFSET)
         # The other variants' sums, per kind of answer.
-        kinds = {Kind.FULL: (response, head_len, DATE_SLOT_OFFSET), Kind.HEAD: (response[:head_len], head_len, DATE_SLOT_OFFSET),
-                 Kind.NM: (not_modified, len(not_modified), NM_DATE_SLOT_OFFSET)}
         for kind, (data, hlen, slot) in kinds.items():
             for variant in Variant:
                 if variant != Variant.KEEP11:

@@ -142,7 +142,7 @@ class FileserverCollector(Collector):
         updates = CounterMetricFamily(
             "fileserver_kernel_cache_updates", "Kernel cache changes, by cause", labels=["cause"]
         )
-        for cause in ("hot", "modified", "deleted"):
+        for cause in ("hot", "modified", "deleted", "missing"):
             updates.add_metric([cause], cache.get(f"updates_{cause}", 0))
         yield updates
         conns, capacity = self.kernel.conn_usage()

@@ -65,6 +65,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         stack.push_async_callback(_linger_after, runner)
         if kernel.enabled:
             handler.on_served = kernel.on_user_served
+            handler.on_missing = kernel.on_user_missing
             kernel.set_close_handler(http.close_for_kernel)
             http.kernel = kernel
 

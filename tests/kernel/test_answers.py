@@ -109,6 +109,56 @@ def test_conditional_get_answered_by_kernel(netns: NetNS, site: Path, server_fac
     assert split_response(resp)[2] == b"changed\n"
 
 
+def test_revalidation_as_browsers_send_it(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A reload revalidates with If-None-Match and If-Modified-Since together: RFC 9110 section
+    13.2.2 has the ETag decide then, so the kernel answers those by If-None-Match alone; and
+    If-Modified-Since alone that is exactly the file's Last-Modified gets its 304 from the kernel
+    too. Any other date is userspace's to parse. Every answer is the one --no-kernel-cache gives,
+    byte for byte but the Date."""
+    def requests(etag: str, lm: str) -> dict[str, tuple[str, str, bool]]:
+        later, earlier = "Fri, 01 Jan 2100 00:00:00 GMT", "Thu, 01 Jan 1970 00:00:01 GMT"
+        return {  # name: (method, extra headers, answered by the kernel)
+            "both": ("GET", f"If-None-Match: {etag}\r\nIf-Modified-Since: {lm}\r\n", True),
+            "both, other etag": ("GET", f'If-None-Match: "0-0"\r\nIf-Modified-Since: {lm}\r\n', True),
+            "both, older date": ("GET", f"If-None-Match: {etag}\r\nIf-Modified-Since: {earlier}\r\n", True),
+            "date first": ("GET", f"If-Modified-Since: {lm}\r\nIf-None-Match: {etag}\r\n", True),
+            "date alone": ("GET", f"If-Modified-Since:  {lm} \r\n", True),
+            "date alone, HEAD": ("HEAD", f"If-Modified-Since: {lm}\r\n", True),
+            "later date": ("GET", f"If-Modified-Since: {later}\r\n", False),
+            "earlier date": ("GET", f"If-Modified-Since: {earlier}\r\n", False),
+            "two dates": ("GET", f"If-Modified-Since: {lm}\r\nIf-Modified-Since: {lm}\r\n", False),
+        }
+
+    def fetch_all(srv: Server) -> dict[str, bytes]:
+        c = RawClient(netns)
+        headers = split_response(c.get("/style.css"))[1]
+        got = {}
+        for name, (method, extra, by_kernel) in requests(headers["etag"], headers["last-modified"]).items():
+            hits = srv.kernel_hits()
+            c.send(f"{method} /style.css HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+            got[name] = c.read_response(head_only=method == "HEAD")
+            if srv.kernel_hits() - hits != (1 if by_kernel and kernel else 0):
+                problems.append((name, srv.kernel_hits() - hits))
+            time.sleep(0.05)  # (after a userspace answer, the next request returns to the kernel)
+        c.close()
+        return got
+
+    problems: list[tuple[str, int]] = []
+    kernel = True
+    srv = server_factory(site, "--hot-after", "0")
+    from_kernel = fetch_all(srv)
+    srv.stop()
+    assert not problems, problems
+    assert all(from_kernel[n].startswith(b"HTTP/1.1 304") for n in ("both", "both, older date", "date first",
+                                                                    "date alone", "date alone, HEAD", "later date"))
+    assert split_response(from_kernel["both, other etag"])[2] == SITE_FILES["style.css"]
+    assert split_response(from_kernel["earlier date"])[2] == SITE_FILES["style.css"]
+    kernel = False
+    from_user = fetch_all(server_factory(site, "--no-kernel-cache", expect_kernel=False))
+    for name in from_kernel:
+        assert without_date(from_kernel[name]) == without_date(from_user[name]), name
+
+
 def test_ab_without_keepalive_answered_by_kernel(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
     """ab without -k: HTTP/1.0, one request per connection. The kernel answers; the server socket
     closes after the client has the answer; nothing is left half-closed and nothing is reset."""

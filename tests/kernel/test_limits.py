@@ -93,7 +93,7 @@ def test_slowloris_does_not_starve_normal_clients(netns: NetNS, site: Path, serv
         for i in range(20):
             start = time.monotonic()
             c = RawClient(netns)
-            path = "/hot.txt" if i % 2 else "/nope"  # kernel and userspace answers
+            path = "/hot.txt" if i % 2 else f"/nope{i}"  # kernel and userspace answers (a 404 once per path)
             resp = c.get(path)
             c.close()
             worst = max(worst, time.monotonic() - start)

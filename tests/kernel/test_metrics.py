@@ -15,8 +15,8 @@ def test_metric_families_and_exact_counts(netns: NetNS, site: Path, server_facto
         assert split_response(c.get("/hot.txt"))[2] == SITE_FILES["hot.txt"]
     c.close()
     u = RawClient(netns)
-    for _ in range(3):
-        u.get("/nope")
+    for i in range(3):  # (three paths: a second 404 of one would come from its negative entry)
+        u.get(f"/nope{i}")
     u.close()
     m = srv.metrics()
     assert m["fileserver_requests_total{path=kernel}"] == 7
@@ -27,7 +27,8 @@ def test_metric_families_and_exact_counts(netns: NetNS, site: Path, server_facto
     assert passes == 3 and m["fileserver_kernel_returns_total"] == m["fileserver_kernel_passes_total{reason=miss}"] - 1
     assert m["fileserver_kernel_enabled{reason=}"] == 1
     assert m["fileserver_kernel_cache_entries"] >= 6
-    assert m["fileserver_kernel_cache_updates_total{cause=hot}"] == m["fileserver_kernel_cache_entries"]
+    assert m["fileserver_kernel_cache_updates_total{cause=missing}"] == 3
+    assert m["fileserver_kernel_cache_updates_total{cause=hot}"] + 3 == m["fileserver_kernel_cache_entries"]
     assert m["fileserver_conn_state_capacity"] == 65536
     assert m["fileserver_user_request_duration_seconds_count"] == 3
     assert m["fileserver_build_info{version=0.1.0}"] == 1
