@@ -162,8 +162,8 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
                 state = ST_QUERY;
             if (state == ST_QUERY)
                 continue;
-            if (c == '%')
-                return PASS_ESCAPED;
+            /* '%' too: the key is the path as sent, and userspace registers only the canonical
+             * spelling of a path (fileserver/resolve.py), so no other spelling can match. */
             /* Read back from the map like the state: one verifier state whatever the method. */
             __u32 at = i - (*(volatile __u32 *)&rb->path_start & 7);
             if (at >= MAX_PATH - 1)

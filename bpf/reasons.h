@@ -15,7 +15,7 @@ enum pass_reason {
     PASS_PIPELINED,         /* bytes after the end of the first request */
     PASS_SPLIT,             /* the request does not end in this segment */
     PASS_TOO_LONG,          /* request or path longer than the kernel parses */
-    PASS_ESCAPED,           /* '%' or other bytes the kernel does not interpret */
+    PASS_ESCAPED,           /* an absolute-form or asterisk-form target */
     PASS_MALFORMED,         /* bare LF, control bytes, obs-fold, duplicate Host, Expect, ... */
     PASS_TOO_BIG,           /* response does not fit one frame on this link */
     PASS_WINDOW,            /* response does not fit the client's receive window */

@@ -31,7 +31,7 @@ from fileserver.http_semantics import (
     parse_range,
     simple_headers,
 )
-from fileserver.resolve import Outcome, Resolver, is_canonical
+from fileserver.resolve import Outcome, Resolver, is_canonical, origin_form
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class StaticHandler:
     def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return self._simple(405, "405: Method Not Allowed\n", [("Allow", ALLOWED_METHODS)])
-        raw_path = request.raw_path
+        raw_path = origin_form(request.raw_path)
         resolved = self.resolver.resolve(raw_path)
         outcome = resolved.outcome
         if outcome is Outcome.FILE:

@@ -32,7 +32,7 @@ from fileserver.abi import DATE_SLOT_OFFSET
 from fileserver.config import Config
 from fileserver.maps import Maps
 from fileserver.http_semantics import Validators, not_found_response, not_modified_head, response_head
-from fileserver.resolve import INDEX_FILE, Outcome, Resolver, is_canonical
+from fileserver.resolve import INDEX_FILE, Outcome, Resolver, canonical_spelling, decode_path, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
 log = logging.getLogger("fileserver.kcache")
@@ -127,7 +127,7 @@ class KernelCache:
             rel = os.path.relpath(dirpath, self.resolver.root)
             base = "/" if rel == "." else "/" + rel.replace(os.sep, "/") + "/"
             for name in sorted(filenames):
-                urls = [base + name] + ([base] if name == INDEX_FILE else [])
+                urls = [canonical_spelling(u) for u in [base + name] + ([base] if name == INDEX_FILE else [])]
                 for url in urls:
                     if len(self.entries) >= self.config.kernel_cache_entries:
                         return pushed
@@ -204,7 +204,7 @@ class KernelCache:
                 log.debug("could not push the 404 of %s to the kernel cache: %s", url_path, e)
                 self.maps.delete_body(cls, body_id)
                 return False
-            where = Path(self.resolver.root, *[s for s in url_path.split("/") if s])
+            where = Path(self.resolver.root, *[s for s in (decode_path(url_path) or "").split("/") if s])
             self.entries[url_path] = Entry(url_path, where, None, body_id, cls, len(response), time.monotonic_ns())
             self.stats.bytes += len(response)
             self.stats.entries = len(self.entries)

@@ -269,7 +269,7 @@ def test_ineligible_requests_pass_to_userspace(netns: NetNS, site: Path, server_
         "range": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3\r\n\r\n",
         "conditional": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
         "body": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-        "escaped": b"GET /hot%2etxt HTTP/1.1\r\nHost: x\r\n\r\n",
+        "escaped": b"GET http://x/hot.txt HTTP/1.1\r\nHost: x\r\n\r\n",
         "pipelined": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n",
         "miss": b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
         "malformed": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
@@ -289,6 +289,41 @@ def test_ineligible_requests_pass_to_userspace(netns: NetNS, site: Path, server_
         assert after[key] == before.get(key, 0) + 1, reason
         if reason not in ("malformed",):
             assert first.split(b" ")[1] in (b"200", b"206", b"404", b"405"), (reason, first[:60])
+
+
+def test_percent_encoded_paths_answered_by_kernel(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Non-ASCII and reserved characters arrive percent-encoded: the kernel matches the one spelling
+    browsers send (UTF-8, uppercase hex, only what RFC 3986 requires), as bytes, registered by
+    userspace from the path it decoded; every other spelling of the same file is userspace's, and
+    both give the same bytes."""
+    files = {"文档.html": b"<p>doc</p>\n", "a b.html": b"<p>space</p>\n", "100%.txt": b"percent\n",
+             "café/menu (1).txt": b"menu\n", "it's+ok.txt": b"sub-delims\n"}
+    for name, data in files.items():
+        (site / name).parent.mkdir(exist_ok=True)
+        (site / name).write_bytes(data)
+    srv = server_factory(site, "--hot-after", "0")
+    canonical = {"/%E6%96%87%E6%A1%A3.html": "文档.html", "/a%20b.html": "a b.html", "/100%25.txt": "100%.txt",
+                 "/caf%C3%A9/menu%20(1).txt": "café/menu (1).txt", "/it's+ok.txt": "it's+ok.txt"}
+    other = {"/%e6%96%87%e6%a1%a3.html": "文档.html", "/a%20b%2Ehtml": "a b.html", "/%61%20b.html": "a b.html",
+             "/it%27s%2Bok.txt": "it's+ok.txt"}
+    c = RawClient(netns)
+    answers = {}
+    for spellings, by_kernel in ((canonical, True), (other, False)):
+        for raw, name in spellings.items():
+            k, u = srv.kernel_hits(), srv.user_hits()
+            answers[raw] = c.get(raw)
+            assert body_of(answers[raw]) == files[name], raw
+            assert (srv.kernel_hits() - k, srv.user_hits() - u) == ((1, 0) if by_kernel else (0, 1)), raw
+            time.sleep(0.05)   # (a fast client stays userspace's for one request after a userspace answer)
+    assert without_date(answers["/%e6%96%87%e6%a1%a3.html"]) == without_date(answers["/%E6%96%87%E6%A1%A3.html"])
+    # curl sends what it is given; a request for the canonical spelling is the kernel's.
+    k = srv.kernel_hits()
+    out = netns.run(require_tool("curl"), "-sS", "http://127.0.0.1:8080/%E6%96%87%E6%A1%A3.html").stdout
+    assert out.encode() == files["文档.html"] and srv.kernel_hits() == k + 1
+    # A directory named without its slash redirects to the canonical spelling.
+    resp = c.get("/caf%c3%a9")
+    assert split_response(resp)[1]["location"] == "/caf%C3%A9/"
+    assert_no_tcp_trouble(netns)
 
 
 def test_browser_style_request_answered(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]

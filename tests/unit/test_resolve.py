@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fileserver.resolve import Outcome, Resolver, decode_path, is_canonical
+from fileserver.resolve import Outcome, Resolver, decode_path, is_canonical, origin_form
 
 
 @pytest.fixture
@@ -75,8 +75,19 @@ def test_decode_once() -> None:
 
 @pytest.mark.parametrize(
     "path, canonical",
-    [("/", True), ("/a.txt", True), ("/dir/", True), ("/a%20b", False), ("//a", False), ("/../a", False),
-     ("/./a", False), ("/.hidden", False), ("/a b", False), ("/é", False)],
+    [("/", True), ("/a.txt", True), ("/dir/", True), ("/a%20b", True), ("//a", False), ("/../a", False),
+     ("/./a", False), ("/.hidden", False), ("/a b", False), ("/é", False), ("/%C3%A9", True), ("/%c3%a9", False),
+     ("/%61", False), ("/a%2Fb", False), ("/%2e%2e/a", False), ("/%2Ehidden", False), ("/100%25", True),
+     ("/100%", False), ("/it's+(1)", True), ("/it%27s", False), ("/a%3Fb", True), ("/a?b", False), ("/%FF", False)],
 )
 def test_is_canonical(path: str, canonical: bool) -> None:
     assert is_canonical(path) is canonical
+
+
+@pytest.mark.parametrize(
+    "target, path",
+    [("/a?b", "/a?b"), ("http://x/a.txt", "/a.txt"), ("HTTP://x:8080/a?q", "/a?q"), ("http://x", "/"),
+     ("http://x?q", "/?q"), ("https://x/%41", "/%41"), ("ftp://x/a", "ftp://x/a"), ("*", "*")],
+)
+def test_origin_form(target: str, path: str) -> None:
+    assert origin_form(target) == path
