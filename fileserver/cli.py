@@ -50,6 +50,13 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
     if "interface" in defaults:  # the option's name on the command line, its parameter's name here
         v = defaults.pop("interface")
         defaults["interfaces"] = [v] if isinstance(v, str) else v
+    rules = defaults.pop("cache_control_rules", None)
+    if isinstance(rules, dict):  # the table form: [cache-control-rules] "PATTERN" = "VALUE"
+        if any("=" in k for k in rules):
+            raise click.BadParameter(f"{value}: a cache-control-rules pattern cannot contain '='")
+        rules = [f"{k}={v}" for k, v in rules.items()]
+    if rules is not None:
+        defaults["cache_control_rules"] = rules
     known = {p.name for p in ctx.command.params}
     unknown = sorted(set(defaults) - known - {"config"})
     if unknown:
@@ -89,6 +96,12 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
               help="Longest header field (400 beyond).")
 @click.option("--max-headers", type=int, default=_DEFAULTS.max_headers, envvar=_envvar("MAX_HEADERS"), help="Most header fields.")
 @click.option("--autoindex", is_flag=True, envvar=_envvar("AUTOINDEX"), help="List directories that have no index.html.")
+@click.option("--cache-control", default=_DEFAULTS.cache_control, envvar=_envvar("CACHE_CONTROL"),
+              help="Cache-Control of every file's 200, 206 and 304 answers, e.g. 'no-cache' (default: none).")
+@click.option("--cache-control-rule", "cache_control_rules", multiple=True, default=_DEFAULTS.cache_control_rules,
+              help="PATTERN=VALUE, repeatable, first match wins over --cache-control: a pattern with '/' "
+                   "matches the file's path from the root ('/assets/*'), one without its name ('*.html'). "
+                   "In the config file: a [cache-control-rules] table.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
 @click.option("--drop-all-capabilities", is_flag=True, envvar=_envvar("DROP_ALL_CAPABILITIES"),
               help="After attaching, give up the permitted capabilities too: SIGHUP cannot then swap the BPF "
@@ -122,6 +135,7 @@ def config_from_options(opts: dict[str, object]) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
     values = {k: v for k, v in opts.items() if k in fields}
     values["interfaces"] = tuple(opts["interfaces"])  # type: ignore[call-overload]
+    values["cache_control_rules"] = tuple(opts["cache_control_rules"])  # type: ignore[call-overload]
     values["kernel_cache"] = not opts["no_kernel_cache"]
     return Config(**values).validated()  # type: ignore[arg-type]
 

@@ -7,6 +7,7 @@ from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 from fileserver.abi import CLASS_DATA, NM_REGION
+from fileserver.cache_control import CacheControl, CacheControlError
 
 # Largest response a cache entry holds: the largest size class (32 KiB less the map element's
 # overhead and the entry's header) less its 304 answer. The kernel sends it in segments of at
@@ -54,6 +55,8 @@ class Config:
     max_header_size: int = 8190
     max_headers: int = 128
     autoindex: bool = False
+    cache_control: str = ""                      # the Cache-Control of every file's answers ("": none)
+    cache_control_rules: tuple[str, ...] = ()    # "PATTERN=VALUE", first match wins (cache_control.py)
     access_log: bool = False
     drop_all_capabilities: bool = False
     shutdown_timeout: float = 10.0
@@ -62,6 +65,10 @@ class Config:
     @property
     def parser_limits(self) -> ParserLimits:
         return ParserLimits(self.max_url_length, self.max_header_size, self.max_headers)
+
+    @property
+    def cache_control_policy(self) -> CacheControl:
+        return CacheControl.parse(self.cache_control, self.cache_control_rules)
 
     @property
     def bind_addresses(self) -> tuple[str, ...]:
@@ -101,6 +108,10 @@ class Config:
                 raise ConfigError(f"{name} must be between 1 and {1 << 20}")
         if not 1 <= self.kernel_connections <= 1 << 22:
             raise ConfigError("--kernel-connections must be between 1 and 4194304")
+        try:
+            self.cache_control_policy
+        except CacheControlError as e:
+            raise ConfigError(str(e)) from None
         if not self.interfaces and self.kernel_cache:
             raise ConfigError("the kernel path needs at least one --interface (or pass --no-kernel-cache)")
         if self.kernel_cache:

@@ -31,6 +31,7 @@ from fileserver.http_semantics import (
     parse_range,
     simple_headers,
 )
+from fileserver.cache_control import CacheControl
 from fileserver.resolve import Outcome, Resolver, is_canonical, origin_form
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
@@ -79,6 +80,7 @@ class StaticHandler:
         stats: UserStats,
         *,
         autoindex: bool = False,
+        cache_control: CacheControl = CacheControl(),
         on_served: ServedHook | None = None,
         on_missing: MissingHook | None = None,
     ) -> None:
@@ -86,6 +88,7 @@ class StaticHandler:
         self.memcache = memcache
         self.stats = stats
         self.autoindex = autoindex
+        self.cache_control = cache_control
         self.on_served = on_served
         self.on_missing = on_missing
         self.latency: LatencyObserver | None = None
@@ -142,10 +145,11 @@ class StaticHandler:
             log.warning("%s kept changing while being read; answering 503", path)
             return self._simple(503, "503: File is being modified, retry\n", [("Retry-After", "1")])
 
+        cache_control = self.cache_control.for_file("/" + path.relative_to(self.resolver.root).as_posix())
         pre = evaluate_preconditions(request.headers, v)
         if pre is Precondition.NOT_MODIFIED:
-            return web.Response(status=304, headers=CIMultiDict(not_modified_headers(v, self.dates.now())))
-        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v))
+            return web.Response(status=304, headers=CIMultiDict(not_modified_headers(v, self.dates.now(), cache_control)))
+        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v, cache_control))
         if pre is Precondition.FAILED:
             return self._simple(412, "412: Precondition Failed\n")
 

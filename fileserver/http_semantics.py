@@ -72,15 +72,20 @@ class Validators:
         return http_date(self.mtime_ns / 1e9)
 
 
-def file_headers(name: str, v: Validators) -> list[tuple[str, str]]:
-    """The representation headers of a file, in wire order (without Date and Server)."""
+def file_headers(name: str, v: Validators, cache_control: str = "") -> list[tuple[str, str]]:
+    """The representation headers of a file, in wire order (without Date and Server), and its
+    Cache-Control if it has one (cache_control.py)."""
     return [
         ("Content-Type", content_type(name)),
         ("Content-Length", str(v.size)),
         ("Last-Modified", v.last_modified),
         ("ETag", v.etag),
         ("Accept-Ranges", "bytes"),
-    ]
+    ] + _cache_control(cache_control)
+
+
+def _cache_control(value: str) -> list[tuple[str, str]]:
+    return [("Cache-Control", value)] if value else []
 
 
 def common_headers(date: str) -> list[tuple[str, str]]:
@@ -97,14 +102,15 @@ STATUS_LINE_304 = b"HTTP/1.1 304 Not Modified\r\n"
 NM_DATE_OFFSET = len(STATUS_LINE_304) + len(b"Date: ")
 
 
-def not_modified_headers(v: Validators, date: str) -> list[tuple[str, str]]:
-    """Headers of a 304 (RFC 9110 section 15.4.5): the validators, no representation metadata."""
-    return common_headers(date) + [("Last-Modified", v.last_modified), ("ETag", v.etag)]
+def not_modified_headers(v: Validators, date: str, cache_control: str = "") -> list[tuple[str, str]]:
+    """Headers of a 304 (RFC 9110 section 15.4.5): the validators and the Cache-Control a 200
+    would carry, no representation metadata."""
+    return common_headers(date) + [("Last-Modified", v.last_modified), ("ETag", v.etag)] + _cache_control(cache_control)
 
 
-def not_modified_head(v: Validators, date: str) -> bytes:
+def not_modified_head(v: Validators, date: str, cache_control: str = "") -> bytes:
     """A 304 response exactly as sent on the wire (it has no body)."""
-    head = serialize_head(STATUS_LINE_304, not_modified_headers(v, date))
+    head = serialize_head(STATUS_LINE_304, not_modified_headers(v, date, cache_control))
     assert head[NM_DATE_OFFSET : NM_DATE_OFFSET + DATE_LEN] == date.encode()
     return head
 
@@ -142,9 +148,9 @@ def not_found_response(date: str) -> tuple[bytes, int, int]:
     return head + body, len(head), date_slot
 
 
-def response_head(name: str, v: Validators, date: str) -> bytes:
+def response_head(name: str, v: Validators, date: str, cache_control: str = "") -> bytes:
     """Status line and headers of the 200 response for a whole file, exactly as sent on the wire."""
-    head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v))
+    head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v, cache_control))
     assert head[DATE_OFFSET : DATE_OFFSET + DATE_LEN] == date.encode()
     return head
 

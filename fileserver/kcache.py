@@ -213,7 +213,9 @@ class KernelCache:
         return True
 
     def _push(self, url_path: str, snap: Snapshot, cause: str) -> bool:
-        head = response_head(snap.path.name, snap.validators, self.date())
+        cache_control = self.config.cache_control_policy.for_file(
+            "/" + snap.path.relative_to(self.resolver.root).as_posix())
+        head = response_head(snap.path.name, snap.validators, self.date(), cache_control)
         response = head + snap.body
         cls = self.maps.size_class(len(response))
         if cls is None:
@@ -225,7 +227,7 @@ class KernelCache:
             body_id = self._next_id
             self._next_id = (self._next_id % 0xFFFFFFFF) + 1
             try:
-                self._put_body(cls, body_id, response, len(head), not_modified_head(snap.validators, self.date()),
+                self._put_body(cls, body_id, response, len(head), not_modified_head(snap.validators, self.date(), cache_control),
                            snap.validators.etag.encode())
                 self.maps.set_ref(url_path, body_id, cls)
             except Exception as e:  # bcc raises plain Exception for a full map
@@ -302,11 +304,12 @@ class KernelCache:
         self.drop(self._least_recent(list(self.entries.values())).url_path, evicted=True)
 
     def reconfigure(self, resolver: Resolver, config: Config) -> None:
-        """A reload: if it changed the root or the hot policy, start over from the new ones (the
-        kernel misses, and userspace answers, until files are pushed again)."""
+        """A reload: if it changed the root, the hot policy or the Cache-Control rules (part of the
+        stored bytes), start over from the new ones (the kernel misses, and userspace answers,
+        until files are pushed again)."""
         old = self.config
-        if (config.root, config.hot_after, config.max_kernel_file_size) == \
-                (old.root, old.hot_after, old.max_kernel_file_size):
+        if (config.root, config.hot_after, config.max_kernel_file_size, config.cache_control_policy) == \
+                (old.root, old.hot_after, old.max_kernel_file_size, old.cache_control_policy):
             with self._lock:
                 self.resolver, self.config = resolver, config
             return

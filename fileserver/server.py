@@ -27,7 +27,7 @@ ACCESS_LOG_FORMAT = '%a - - %t "%r" %s %b "%{Referer}i" "%{User-Agent}i"'
 # What a SIGHUP reload can change; everything else needs a restart (sockets, table sizes, ...).
 RELOADABLE = frozenset({
     "root", "interfaces", "hot_after", "max_kernel_file_size", "keepalive_timeout", "header_timeout", "max_connections",
-    "max_url_length", "max_header_size", "max_headers", "autoindex",
+    "max_url_length", "max_header_size", "max_headers", "autoindex", "cache_control", "cache_control_rules",
 })
 
 
@@ -42,7 +42,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     memcache = MemoryCache(config.memory_cache_bytes, config.max_memory_file_size)
     resolver = Resolver(config.root)
 
-    handler = StaticHandler(resolver, memcache, stats, autoindex=config.autoindex)
+    handler = StaticHandler(resolver, memcache, stats, autoindex=config.autoindex,
+                            cache_control=config.cache_control_policy)
     http = HttpServer(
         handler,
         config,
@@ -137,6 +138,7 @@ class _Reloader:
                     new = await loop.run_in_executor(None, self.kernel.reconfigure, new, resolver)
                 self.http.reconfigure(new)
                 self.handler.resolver, self.handler.autoindex = resolver, new.autoindex
+                self.handler.cache_control = new.cache_control_policy
                 if not kernel_first:
                     new = await loop.run_in_executor(None, self.kernel.reconfigure, new, resolver)
                     self.http.reconfigure(new)  # the kernel may have kept its limits

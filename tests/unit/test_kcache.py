@@ -8,6 +8,7 @@ from pathlib import Path
 from fileserver.config import Config
 from fileserver.http_semantics import Validators
 from fileserver.kcache import RESEND_GRACE_S, KernelCache
+from fileserver.resolve import Resolver
 from fileserver.snapshot import Snapshot
 
 
@@ -46,7 +47,7 @@ def snapshot(tmp_path: Path, body: bytes, mtime_ns: int) -> Snapshot:
 
 def test_replaced_bodies_are_kept_for_resends_then_deleted(tmp_path: Path) -> None:
     dp = FakeDatapath(capacity=8)
-    cache = KernelCache(dp, None, None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
+    cache = KernelCache(dp, Resolver(tmp_path), None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
     assert cache._push("/a.txt", snapshot(tmp_path, b"one", 1), "hot")
     first = dp.refs["/a.txt"]
     assert cache._push("/a.txt", snapshot(tmp_path, b"two", 2), "modified")
@@ -63,7 +64,7 @@ def test_replaced_bodies_are_kept_for_resends_then_deleted(tmp_path: Path) -> No
 
 def test_retired_bodies_give_way_when_the_map_is_full(tmp_path: Path) -> None:
     dp = FakeDatapath(capacity=2)
-    cache = KernelCache(dp, None, None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
+    cache = KernelCache(dp, Resolver(tmp_path), None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
     for version in range(1, 6):
         assert cache._push("/a.txt", snapshot(tmp_path, b"v%d" % version, version), "modified")
         assert len(dp.bodies[0]) <= 2 and dp.refs["/a.txt"] in dp.bodies[0]
