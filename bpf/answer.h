@@ -173,7 +173,8 @@ static __always_inline __u32 variant_csum(struct body_hdr *h, const int kind, __
     return stored;
 }
 
-/* Answer from one cached version: 304 if If-None-Match names it, headers only for HEAD, else 200;
+/* Answer from one cached version: 304 if If-None-Match names it (or, without one, If-Modified-Since
+ * is its Last-Modified), headers only for HEAD, else 200;
  * each in the variant the request's version and Connection header call for. A negative entry
  * (nm_len 0) holds userspace's 404 for a missing path instead, which no precondition changes
  * (RFC 9110 section 13.2.1: they apply to a selected representation, and there is none). */
@@ -182,15 +183,13 @@ static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx 
                                        __u8 *data, const __u32 size)
 {
     __u32 v = ctx->variant;
+    int not_modified = 0;
     if (h->nm_len && ctx->inm_pos) {
         __u32 off = h->etag_off;
         CLAMP_MAX(off, NM_REGION - ETAG_MAX);
-        int m = etag_matches(rb, ctx->inm_pos, data + off, h->etag_len);
-        if (m < 0)
+        not_modified = etag_matches(rb, ctx->inm_pos, data + off, h->etag_len);
+        if (not_modified < 0)
             return PASS_CONDITIONAL;
-        if (m)
-            return send_body(skb, ctx, cs, h->nm_len, variant_csum(h, KIND_NM, v, h->nm_csum), data, NM_REGION,
-                             NM_DATE_SLOT_OFFSET, clk->date, h->nm_len - 2, v, KIND_NM);
     } else if (h->nm_len && ctx->ims_pos) {
         /* RFC 9110 section 13.2.2: If-Modified-Since counts only without If-None-Match (browsers
          * send both on a revalidation; the ETag decides then, above). */
@@ -198,9 +197,11 @@ static __always_inline int answer_from(struct __sk_buff *skb, struct answer_ctx 
         CLAMP_MAX(off, NM_REGION - IMF_FIXDATE_LEN);
         if (!date_is(rb, ctx->ims_pos, data + off))
             return PASS_CONDITIONAL;
+        not_modified = 1;
+    }
+    if (not_modified)
         return send_body(skb, ctx, cs, h->nm_len, variant_csum(h, KIND_NM, v, h->nm_csum), data, NM_REGION,
                          NM_DATE_SLOT_OFFSET, clk->date, h->nm_len - 2, v, KIND_NM);
-    }
     __u8 *full = data + NM_REGION;
     if (ctx->is_head)
         return send_body(skb, ctx, cs, h->head_len, variant_csum(h, KIND_HEAD, v, h->head_csum), full,

@@ -120,6 +120,8 @@
  * ETAG_MAX ("<16 hex digits>-<16 hex digits>" in quotes is 36). */
 #define NM_REGION 256
 #define ETAG_MAX 48
+/* The longest If-None-Match value the kernel reads (a few entity-tags; longer: userspace). */
+#define INM_SCAN 256
 /* An IMF-fixdate (RFC 9110 section 5.6.7), "Sun, 06 Nov 1994 08:49:37 GMT": Last-Modified's form. */
 #define IMF_FIXDATE_LEN 29
 

@@ -1,5 +1,5 @@
 /* HTTP request parsing: one GET or HEAD request, as llhttp (aiohttp's parser) would read it, or the
- * pass reason why not; and the If-None-Match value against an entry's ETag. Functions return a
+ * pass reason why not; and its If-None-Match and If-Modified-Since values against an entry's. Functions return a
  * pass reason or an internal result (results.h). */
 #pragma once
 #include "results.h"
@@ -261,56 +261,91 @@ static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, st
     return FS_PARSE;
 }
 
-/* Does the If-None-Match value at rb->b[pos] name this ETag? 1 yes, 0 no, -1 when it is anything
- * but one entity-tag (a list, "*", odd bytes): userspace then applies RFC 9110 in full. Weak
- * comparison, as for GET and HEAD (section 13.1.2): a "W/" prefix is ignored. */
+/* Scanner phases of etag_matches, per element of the If-None-Match list. */
+enum {
+    ET_LEAD,    /* whitespace before the element */
+    ET_WEAK,    /* after a 'W': expecting the '/' of "W/" */
+    ET_TAG,     /* the entity-tag itself, compared with the entry's byte by byte */
+    ET_TRAIL,   /* whitespace after it (anything else spoils the element) */
+};
+
+/* Does the If-None-Match value at rb->b[pos] name this ETag? 1 yes, 0 no, -1 for userspace ("*",
+ * or a value longer than INM_SCAN). The value is read exactly as userspace reads it
+ * (http_semantics.evaluate_preconditions): split at every ',', each element stripped of
+ * whitespace (parse_window lets only space and tab through), "W/" dropped (the weak comparison of
+ * GET and HEAD, RFC 9110 section 13.1.2), then compared whole; any element equal to the ETag
+ * gives a 304, as does "*", which userspace decides. Verifier cost: one pass, the element's
+ * state laundered through map memory (phase, bytes matched, still equal), as in parse_window. */
 static __always_inline int etag_matches(struct req_buf *rb, __u64 pos, __u8 *tag, __u32 tag_len)
 {
-    /* The value and what this reads after it must lie in rb->b: one that starts later is left to
-     * userspace (compared at a clamped position, it would be read from the wrong bytes). */
-    if (pos > MAX_REQ - ETAG_MAX - 16)
-        return -1;
-    CLAMP_MAX(pos, MAX_REQ - ETAG_MAX - 16);        /* (the verifier's bound) */
-    __u8 *v = rb->b + pos;
+    const __u32 fresh = ET_LEAD | 1 << 8;       /* bits 0-1 phase, 2-7 bytes matched, 8 equal so far */
+    __u32 st = fresh;
+    int found = -1;
+#pragma clang loop unroll(disable)
+    for (__u32 j = 0; j < INM_SCAN; j++) {
+        rb->scratch = st;
+        st = *(volatile __u32 *)&rb->scratch & 0x1ff;
+        __u64 at = pos + j;
+        asm volatile("" : "+r"(at));            /* or LLVM turns the check into a trip count and
+                                                 * reads through an unbounded pointer (bcc, LLVM 14) */
+        if (at >= MAX_REQ)
+            break;
+        __u8 c = rb->b[at];
+        __u32 phase = st & 3, m = (st >> 2) & 63, ok = st >> 8;
+        if (c == '\r' || c == ',') {
+            if (ok && phase >= ET_TAG && m == tag_len) {
+                found = 1;
+                break;
+            }
+            if (c == '\r') {
+                found = 0;
+                break;
+            }
+            st = fresh;
+            continue;
+        }
+        int ws = c == ' ' || c == '\t';
+        if (c == 0 || (phase == ET_LEAD && c == '*'))
+            break;
+        if (phase == ET_LEAD) {
+            if (ws)
+                continue;
+            if (c == 'W') {
+                st = ET_WEAK | 1 << 8;
+                continue;
+            }
+            phase = ET_TAG;                     /* c is the tag's first byte */
+        } else if (phase == ET_WEAK) {
+            st = ET_TAG | (c == '/') << 8;      /* "W" and anything else: equal to nothing */
+            continue;
+        }
+        if (phase == ET_TAG && !ws) {
+            if (m < tag_len && m < ETAG_MAX && c == tag[m])
+                m++;
+            else
+                ok = 0;
+        } else {
+            phase = ET_TRAIL;
+            if (!ws)
+                ok = 0;
+        }
+        st = phase | m << 2 | ok << 8;
+    }
+    /* One verifier state after the loop, whichever position it ended at: without this each
+     * position's exit is verified through the rest of the program on its own. */
+    rb->scratch = found + 1;
+    return (int)(*(volatile __u32 *)&rb->scratch & 3) - 1;
+}
+
+/* How many of the (at most 4) bytes at v are optional whitespace (RFC 9110 section 5.6.3). */
+static __always_inline __u32 ows_len(const __u8 *v)
+{
     __u32 k = 0;
 #pragma unroll
-    for (int s = 0; s < 4; s++)                     /* optional whitespace */
-        if (k == s && (v[k] == ' ' || v[k] == '\t'))
+    for (int s = 0; s < 4; s++)
+        if (k == s && (v[s] == ' ' || v[s] == '\t'))
             k++;
-    if (v[k] == 'W' && v[k + 1] == '/')
-        k += 2;
-    if (v[k] != '"')
-        return -1;                                  /* "*" or not an entity-tag */
-    __u32 close = 0;
-#pragma unroll
-    for (int j = 1; j < ETAG_MAX; j++)              /* the closing quote */
-        if (!close && v[k + j] == '"')
-            close = j;
-    if (!close)
-        return -1;
-    /* Launder close (and k) through the map: as constants they would multiply the verifier's
-     * states by the 48 positions the quote can be at. */
-    rb->scratch = (k << 8) | close;
-    __u32 kc = *(volatile __u32 *)&rb->scratch;
-    k = (kc >> 8) & 7;
-    close = kc & 63;
-    __u64 end = k + close + 1;
-    CLAMP_MAX(end, 8 + ETAG_MAX);
-    __u32 ows = 0;
-#pragma unroll
-    for (int s = 0; s < 4; s++)                     /* optional whitespace */
-        if (ows == s && (v[end + s] == ' ' || v[end + s] == '\t'))
-            ows++;
-    if (v[end + ows] != '\r')
-        return -1;                                  /* a list, or trailing bytes */
-    if (close + 1 != tag_len || tag_len > ETAG_MAX)
-        return 0;
-    int equal = 1;
-#pragma unroll                                      /* constant offsets: clang's own loop lost the bounds */
-    for (int j = 0; j < ETAG_MAX; j++)
-        if (j < tag_len && v[k + j] != tag[j])
-            equal = 0;
-    return equal;
+    return k;
 }
 
 /* Is the If-Modified-Since value at rb->b[pos] exactly this Last-Modified (IMF_FIXDATE_LEN bytes,
@@ -323,22 +358,14 @@ static __always_inline int date_is(struct req_buf *rb, __u64 pos, __u8 *last_mod
         return 0;
     CLAMP_MAX(pos, MAX_REQ - IMF_FIXDATE_LEN - 16);
     __u8 *v = rb->b + pos;
-    __u32 k = 0;
-#pragma unroll
-    for (int s = 0; s < 4; s++)                     /* optional whitespace */
-        if (k == s && (v[k] == ' ' || v[k] == '\t'))
-            k++;
+    __u32 k = ows_len(v);
     int equal = 1;
 #pragma unroll
     for (int j = 0; j < IMF_FIXDATE_LEN; j++)
         if (v[k + j] != last_modified[j])
             equal = 0;
-    __u32 ows = 0;
-#pragma unroll
-    for (int s = 0; s < 4; s++)
-        if (ows == s && (v[k + IMF_FIXDATE_LEN + s] == ' ' || v[k + IMF_FIXDATE_LEN + s] == '\t'))
-            ows++;
-    return equal && v[k + IMF_FIXDATE_LEN + ows] == '\r';
+    __u8 *after = v + k + IMF_FIXDATE_LEN;
+    return equal && after[ows_len(after)] == '\r';
 }
 
 /* How aiohttp answers this form of request (VAR_*): by its version and Connection header. */

@@ -113,6 +113,7 @@ SEG_PROGRAMS = tuple(f"fs_seg{c}" for c in range(NR_CLASSES))
 
 NM_REGION = 256             # NM_REGION: data[0, NM_REGION) holds the 304 answer, the 200 answer follows
 ETAG_MAX = 48               # ETAG_MAX: longest ETag the kernel compares
+INM_SCAN = 256              # INM_SCAN: longest If-None-Match value the kernel reads
 IMF_FIXDATE_LEN = 29        # IMF_FIXDATE_LEN: Last-Modified's value, compared with If-Modified-Since
 DATE_SLOT_OFFSET = 22       # DATE_SLOT_OFFSET: where the Date slot sits in a 200 response
 NM_DATE_SLOT_OFFSET = 32    # NM_DATE_SLOT_OFFSET: ... and in a 304

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from bench.run import parse_wrk
+from fileserver.abi import INM_SCAN
 from tests.conftest import SITE_FILES
 from tests.kernel.kernel_path import assert_no_tcp_trouble
 from tests.support import (
@@ -85,18 +86,34 @@ def test_conditional_get_answered_by_kernel(netns: NetNS, site: Path, server_fac
     assert kernel["weak"] == kernel["match"] or without_date(kernel["weak"]) == without_date(kernel["match"])
     assert split_response(kernel["other"])[2] == SITE_FILES["style.css"]
     assert kernel["head"].startswith(b"HTTP/1.1 304")
-    # Anything but one entity-tag goes to userspace, which applies RFC 9110 in full.
-    for value in (f'"0-0", {etag}', "*", f"{etag}, W/{etag}"):
-        before = srv.user_hits()
+    # Lists are the kernel's too, read as userspace reads them (split at commas, each element
+    # stripped, W/ dropped, compared whole); "*" and values longer than the kernel reads
+    # (INM_SCAN) are userspace's. Every answer is userspace's own, byte for byte but the Date.
+    long_list = ", ".join(f'"{i:040d}"' for i in range(7)) + ", " + etag
+    assert len(long_list) > INM_SCAN
+    lists = {  # value: (answered by the kernel, 304)
+        f'"0-0", {etag}': (True, True), f"{etag}, W/{etag}": (True, True), f' "a" ,\t"b",, W/{etag} ': (True, True),
+        '"a", "b"': (True, False), f'"a" {etag}': (True, False), f"{etag}x, x{etag}": (True, False),
+        f"W{etag}, W /{etag}": (True, False), f"*, {etag}": (False, True), f'"a", *': (False, True),
+        long_list: (False, True),
+    }
+    for value, (by_kernel, not_modified) in lists.items():
+        k, u = srv.kernel_hits(), srv.user_hits()
         resp = c.get("/style.css", f"If-None-Match: {value}\r\n")
-        assert resp.startswith(b"HTTP/1.1 304") and srv.user_hits() == before + 1, value
+        assert (srv.kernel_hits() - k, srv.user_hits() - u) == ((1, 0) if by_kernel else (0, 1)), value
+        assert resp.startswith(b"HTTP/1.1 304" if not_modified else b"HTTP/1.1 200"), value
+        c.send(f"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /style.css HTTP/1.1\r\nHost: x\r\n"
+               f"If-None-Match: {value}\r\n\r\n".encode())
+        assert c.read_response().startswith(b"HTTP/1.1 404")
+        assert without_date(c.read_response()) == without_date(resp), value
+        time.sleep(0.05)
     # Userspace's 304 (behind a miss in the same segment) must be the kernel's, byte for byte.
     c.send(f"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n"
            .encode())
     assert c.read_response().startswith(b"HTTP/1.1 404")
     from_user = c.read_response()
     assert without_date(from_user) == without_date(kernel["match"])
-    # (each of the three lists passed as conditional: after each answer the connection came back)
+    # ("*" twice and the long list passed as conditional)
     assert srv.metrics()["fileserver_kernel_passes_total{reason=conditional}"] == 3
     c2 = RawClient(netns)
     c2.get("/style.css", f"If-None-Match: {etag}\r\nIf-None-Match: {etag}\r\n")
