@@ -56,10 +56,11 @@
 #define TCPOLEN_SACK_PERBLOCK 8 /* one block: left and right edge */
 #define TCP_MAX_SACK_BLOCKS 4   /* (2 + 4 * 8 = 34 of the 40 option bytes) */
 
-/* Largest request the kernel parses (bytes of TCP payload). Longer ones go to userspace. Power of
- * two so indexes can be masked for the verifier. */
+/* Largest request the kernel parses (bytes of TCP payload): browser requests with cookies run to a
+ * few KiB. Longer ones go to userspace. Power of two so indexes can be masked for the verifier.
+ * A request must also arrive in one segment: on a 1500-byte link that is the MSS, 1448 bytes. */
 #ifndef MAX_REQ
-#define MAX_REQ 1024
+#define MAX_REQ 4096
 #endif
 #define REQ_MASK (MAX_REQ - 1)
 /* Bytes read past a header-line start when matching header names (scratch buffer is padded). */
@@ -76,13 +77,14 @@
 #define LIMIT_HEADERS 128
 #endif
 
-/* The request is scanned in windows of PARSE_WINDOW bytes, one tail-called program each. */
+/* The request is scanned in windows of PARSE_WINDOW bytes, one tail call of fs_parse each (so at
+ * most 8 of the 33 tail calls a packet may make). */
 #define PARSE_WINDOW 512
 #define NR_PARSE_STAGES (MAX_REQ / PARSE_WINDOW)
-/* Slots of the progs tail-call array (fileserver/bpf_build.py fills them): the parse stages, one
- * sender per size class, one segment sender per size class. */
+/* Slots of the progs tail-call array (fileserver/bpf_build.py fills them): the parser, one sender
+ * per size class, one segment sender per size class. */
 #define PROG_PARSE0 0
-#define PROG_SEND0 NR_PARSE_STAGES
+#define PROG_SEND0 1
 #define PROG_SEG0 (PROG_SEND0 + NR_CLASSES)
 #define NR_PROGS (PROG_SEG0 + NR_CLASSES)
 
@@ -99,9 +101,12 @@
 
 /* Multi-segment answers (DESIGN.md section 4). Every segment is a clone of the request skb sent by
  * fs_seg<cls>, which tail-calls itself for the next: the kernel allows 33 tail calls per packet
- * and the parse stages and sender take 3 or 4, so MAX_SEGS stays well below. Each segment holds
- * at most the client's MSS (less the timestamp option) and what the link's frame allows. */
+ * (MAX_TAIL_CALL_CNT), and the parse stages (one call per window) and the sender take the rest.
+ * Each segment holds at most the client's MSS (less the timestamp option) and what the link's
+ * frame allows. */
 #define MAX_SEGS 24
+#define MAX_TAIL_CALLS 33
+_Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS <= MAX_TAIL_CALLS, "a longest request and answer exceed the tail calls");
 #define MIN_SEG_PAYLOAD 512     /* below this (a tiny MSS), larger answers pass to userspace */
 #define MAX_SEG_PAYLOAD (MAX_FRAME - ETH_HLEN_ - IPV4_HLEN - TCP_HLEN)
 #define DEFAULT_MSS 536         /* RFC 9293 section 3.7.1: when the SYN has no MSS option */

@@ -28,9 +28,8 @@
 int fs_ingress(struct __sk_buff *skb) { return verdict(skb, handle_ingress(skb)); }
 int fs_egress(struct __sk_buff *skb) { return verdict(skb, handle_egress(skb)); }
 
-int fs_parse0(struct __sk_buff *skb) { return verdict(skb, handle_parse(skb, 0)); }
-int fs_parse1(struct __sk_buff *skb) { return verdict(skb, handle_parse(skb, 1)); }
-_Static_assert(NR_PARSE_STAGES == 2, "one fs_parse<N> entry point per stage");
+int fs_parse(struct __sk_buff *skb) { return verdict(skb, handle_parse(skb)); }
+_Static_assert((NR_PARSE_STAGES & (NR_PARSE_STAGES - 1)) == 0, "parse_window masks the stage");
 
 /* One sender and one segment sender per size class: the class must be a constant for the
  * verifier to bound each read of the body by its map's value size (answer.h). */

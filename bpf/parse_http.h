@@ -94,16 +94,20 @@ enum {
     ST_VALUE,       /* header value (or the version), up to CR */
 };
 
-/* Scan b[lo, hi) of the request as exactly one `GET|HEAD <path>[?query] HTTP/1.x` request with no body
- * and nothing after it; the path goes to rb->key (zeroed by the caller). Returns FS_CONTINUE for such a
- * request, FS_PARSE if it continues past hi, or a pass reason.
+/* Scan window `stage` of the request, b[stage * PARSE_WINDOW, (stage + 1) * PARSE_WINDOW), as exactly
+ * one `GET|HEAD <path>[?query] HTTP/1.x` request with no body and nothing after it; the path goes to
+ * rb->key (zeroed by the caller). Returns FS_CONTINUE for such a request, FS_PARSE if it continues
+ * past the window, or a pass reason.
  * The caller writes a 0 at b[len]: the scan stops at that sentinel, so the loop never compares
  * positions against len (a NUL inside a request is malformed anyway).
  * HEAD is parsed like GET (the answer is then the headers alone).
  * Verifier cost: the loop index is the byte position and is never modified in the body,
  * look-aheads use constant offsets from it, and the only other state is one small enum. */
-static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, const __u32 hi)
+static __always_inline int parse_window(struct req_buf *rb, __u32 stage)
 {
+    /* The stage is a value, not a constant: one program scans every window, so the verifier
+     * checks one window's loop once instead of once per stage (each costs it ~800k insns). */
+    rb->stage = stage & (NR_PARSE_STAGES - 1);
     const __u8 *b = rb->b;
     __u32 len = rb->len;
     int state = rb->state;
@@ -122,7 +126,12 @@ static __always_inline int parse_window(struct req_buf *rb, const __u32 lo, cons
         if (b[rb->path_start & 7] != '/')
             return PASS_ESCAPED;                            /* absolute-form or asterisk-form target */
     }
-    for (__u32 i = lo < 4 ? 4 : lo; i < hi; i++) {
+    for (__u32 k = 0; k < PARSE_WINDOW; k++) {
+        /* The position is read back from memory at every step like the state: what one step's
+         * comparisons learn about it must not split the verifier's states of the next. */
+        __u32 i = (*(volatile __u32 *)&rb->stage & (NR_PARSE_STAGES - 1)) * PARSE_WINDOW + k;
+        if (i < 4)
+            continue;                               /* the method, checked above */
         /* Launder the state through map memory: the verifier then sees an unknown value in [0, 7]
          * at every position instead of a constant per path, so all paths reaching position i
          * share one state and verification stays linear in the window size. */
@@ -250,6 +259,7 @@ static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, st
     rb->b[end] = 0;                                 /* the sentinel parse_window stops at */
     rb->len = plen;
     rb->state = ST_START;
+    rb->stage = 0;
     rb->inm_pos = 0;
     rb->ims_pos = 0;
     rb->host_seen = 0;

@@ -173,6 +173,7 @@ struct pkt {
 struct req_buf {
     __u32 len;                  /* request bytes in b; b[len] is 0 */
     __u32 state;                /* parse_window's scanner state between stages */
+    __u32 stage;                /* the window fs_parse scans next */
     __u32 path_start;           /* where the target starts: 4 for "GET ", 5 for "HEAD " */
     __u32 inm_pos;              /* where the If-None-Match value starts (0: no such header) */
     __u32 ims_pos;              /* where the If-Modified-Since value starts (0: no such header) */

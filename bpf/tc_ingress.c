@@ -1,11 +1,11 @@
 /* TC ingress: client -> server. Answer a cached GET from the kernel, or translate and pass.
  *
- * The pipeline, as tail-called programs (each verified on its own: one program scanning 1 KiB byte
- * by byte does not verify within the kernel's 1M-instruction budget):
+ * The pipeline, as tail-called programs (each verified on its own: one program scanning more than
+ * 512 bytes byte by byte does not verify within the kernel's 1M-instruction budget):
  *
  *   fs_ingress      handle_ingress: the segment's checks, connection state, loss recovery of an
  *        |          answer in flight; a request that may be answered is copied to scratch
- *   fs_parse<N>     handle_parse: one window of the request each (parse_http.h); then the cache
+ *   fs_parse        handle_parse: one window of the request per call (parse_http.h); then the cache
  *        |          lookup, and the sender of the entry's size class
  *   fs_send<cls>    handle_send: the answer in one segment (answer.h); or a longer answer
  *        |          recorded in the connection's state, for
@@ -228,17 +228,19 @@ static __always_inline int load_context(struct tail_ctx *t)
     return t->cs ? 0 : -1;      /* (gone only once both FINs are acknowledged: nothing is left to answer) */
 }
 
-/* fs_parse<stage>: scan one window of the request; then the next stage, or the sender. */
-static __always_inline int handle_parse(struct __sk_buff *skb, const __u32 stage)
+/* fs_parse: scan one window of the request; then itself for the next window, or the sender. */
+static __always_inline int handle_parse(struct __sk_buff *skb)
 {
     struct tail_ctx t;
     if (load_context(&t) < 0)
         return FS_PASS;
     struct req_buf *rb = t.rb;
     struct answer_ctx *ctx = t.ctx;
-    int r = parse_window(rb, stage * PARSE_WINDOW, (stage + 1) * PARSE_WINDOW);
+    __u32 stage = rb->stage;
+    int r = parse_window(rb, stage);
     if (r == FS_PARSE && stage + 1 < NR_PARSE_STAGES) {
-        progs.call(skb, PROG_PARSE0 + stage + 1);
+        rb->stage = stage + 1;
+        progs.call(skb, PROG_PARSE0);
         r = PASS_TOO_LONG;
     }
     if (r == FS_PARSE)

@@ -79,10 +79,10 @@ IF_COUNTER_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
 # -- programs and the tail-call array `progs` -----------------------------------------------------
 
 ENTRY_PROGRAMS = ("fs_ingress", "fs_egress")   # attached by tc.py
-MAX_REQ = 1024              # MAX_REQ: request bytes the kernel parses
+MAX_REQ = 4096              # MAX_REQ: request bytes the kernel parses
 PARSE_WINDOW = 512          # PARSE_WINDOW: bytes per parse stage
-NR_PARSE_STAGES = MAX_REQ // PARSE_WINDOW   # NR_PARSE_STAGES: programs fs_parse0.. in slots PROG_PARSE0..
-PROG_PARSE0 = 0             # PROG_PARSE0
+NR_PARSE_STAGES = MAX_REQ // PARSE_WINDOW   # NR_PARSE_STAGES: windows, one tail call of fs_parse each
+PROG_PARSE0 = 0             # PROG_PARSE0: fs_parse's slot
 
 # -- size classes of cached responses (bpf/consts.h, bpf/structs.h, bpf/maps.h) ------------------
 
@@ -102,10 +102,10 @@ SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "
                "scratch", "answer_scratch", "egress_scratch", "close_events", "user_idle",
                "closed_conns")
 
-PROG_SEND0 = PROG_PARSE0 + NR_PARSE_STAGES  # PROG_SEND0: fs_send<cls> in slot PROG_SEND0 + cls
+PROG_SEND0 = PROG_PARSE0 + 1               # PROG_SEND0: fs_send<cls> in slot PROG_SEND0 + cls
 PROG_SEG0 = PROG_SEND0 + NR_CLASSES         # PROG_SEG0: fs_seg<cls> in slot PROG_SEG0 + cls
 NR_PROGS = PROG_SEG0 + NR_CLASSES           # NR_PROGS: size of `progs`
-PARSE_PROGRAMS = tuple(f"fs_parse{i}" for i in range(NR_PARSE_STAGES))
+PARSE_PROGRAMS = ("fs_parse",)
 SEND_PROGRAMS = tuple(f"fs_send{c}" for c in range(NR_CLASSES))
 SEG_PROGRAMS = tuple(f"fs_seg{c}" for c in range(NR_CLASSES))
 

@@ -103,22 +103,32 @@ def test_real_client_requests(netns: NetNS, site: Path, server_factory, name: st
     assert srv.kernel_hits() == (1 if by_kernel else 0), name
 
 
-def test_if_none_match_late_in_a_long_request(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
-    """An If-None-Match value that starts past the last position the kernel can compare at (960)
-    is userspace's to judge. Compared at a clamped position instead, it was read from the bytes of
-    an earlier header: here one whose value ends in the file's own ETag, exactly there, so the
-    kernel answered 304 where aiohttp, reading If-None-Match: "x", answers 200."""
+def test_long_requests_and_a_late_if_none_match(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Requests up to MAX_REQ bytes (a browser's, with its cookies) are the kernel's, and an
+    If-None-Match value is compared where it is, however late. Compared at a clamped position
+    (as once past byte 960), it was read from the bytes of an earlier header: here one whose value
+    ends in the file's own ETag right before it, so the kernel answered 304 where aiohttp, reading
+    If-None-Match: "x", answers 200. Longer requests are userspace's (too_long)."""
+    from fileserver.abi import MAX_REQ
     from tests.support import RawClient, split_response
 
     srv = server_factory(site, "--hot-after", "0")
     etag = split_response(RawClient(netns).get("/hot.txt"))[1]["etag"]
-    head = b"GET /hot.txt HTTP/1.1\r\nHost: test\r\nX-Pad: "
-    fill = b"p" * (960 - len(head))
-    data = head + fill + etag.encode() + b'\r\nIf-None-Match: "x"\r\n\r\n'
-    assert data.index(etag.encode()) == 960 and data.index(b'"x"') > 960 and len(data) <= 1024, len(data)
-    hits = srv.kernel_hits()
+    head = b"GET /hot.txt HTTP/1.1\r\nHost: test\r\nCookie: "
+    for at, inm, status in ((960, b'"x"', b"200"), (3000, b'"x"', b"200"), (3000, etag.encode(), b"304"),
+                            (MAX_REQ - 80, b'"x", ' + etag.encode(), b"304")):
+        data = head + b"c" * (at - len(head)) + etag.encode() + b"\r\nIf-None-Match: " + inm + b"\r\n\r\n"
+        assert len(data) <= MAX_REQ and data.index(etag.encode()) == at, len(data)
+        hits, user = srv.kernel_hits(), srv.user_hits()
+        c = RawClient(netns)
+        c.send(data)
+        resp = c.read_response()
+        assert resp.startswith(b"HTTP/1.1 " + status), (at, resp[:80])
+        assert (srv.kernel_hits() - hits, srv.user_hits() - user) == (1, 0), at
+        c.close()
+    too_long = head + b"c" * (MAX_REQ + 1 - len(head) - 4) + b"\r\n\r\n"
+    before = srv.metrics().get("fileserver_kernel_passes_total{reason=too_long}", 0)
     c = RawClient(netns)
-    c.send(data)
-    resp = c.read_response()
-    assert resp.startswith(b"HTTP/1.1 200") and body_of(resp) == SITE_FILES["hot.txt"], resp[:80]
-    assert srv.kernel_hits() == hits  # userspace judged it
+    c.send(too_long)
+    assert body_of(c.read_response()) == SITE_FILES["hot.txt"]
+    assert srv.metrics()["fileserver_kernel_passes_total{reason=too_long}"] == before + 1
