@@ -125,6 +125,8 @@ _Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS <= MAX_TAIL_CALLS, "a longest requ
  * ETAG_MAX ("<16 hex digits>-<16 hex digits>" in quotes is 36). */
 #define NM_REGION 256
 #define ETAG_MAX 48
+/* The Accept-Encoding values the kernel knows (parse_http.h's ae_form, fileserver/abi.py's AE_FORMS). */
+#define NR_AE_FORMS 8
 /* The longest If-None-Match value the kernel reads (a few entity-tags; longer: userspace). */
 #define INM_SCAN 256
 /* An IMF-fixdate (RFC 9110 section 5.6.7), "Sun, 06 Nov 1994 08:49:37 GMT": Last-Modified's form. */

@@ -25,6 +25,7 @@ static __always_inline int name_is(const __u8 *h, const char *name, const int n)
  * FS_CONTINUE, or one of the FS_HDR_* codes for headers the caller tracks. */
 #define INM_NAME_LEN 14  /* "If-None-Match:" */
 #define IMS_NAME_LEN 18  /* "If-Modified-Since:" */
+#define AE_NAME_LEN 16   /* "Accept-Encoding:" */
 
 static __always_inline int classify_header(const __u8 *h)
 {
@@ -40,6 +41,8 @@ static __always_inline int classify_header(const __u8 *h)
         return FS_CONTINUE;
     case 'r':
         return NAME_IS(h, "range:") ? PASS_RANGE : FS_CONTINUE;
+    case 'a':
+        return NAME_IS(h, "accept-encoding:") ? FS_HDR_AE : FS_CONTINUE;
     case 'c':
         /* (a body: Content-Length or Transfer-Encoding frames one, RFC 9112 section 6.1) */
         if (NAME_IS(h, "content-length:"))
@@ -202,6 +205,10 @@ static __always_inline int parse_window(struct req_buf *rb, __u32 stage)
                 if (*(volatile __u32 *)&rb->ims_pos)
                     return PASS_CONDITIONAL;
                 rb->ims_pos = i + IMS_NAME_LEN;
+            } else if (r == FS_HDR_AE) {
+                if (*(volatile __u32 *)&rb->ae_pos)
+                    return PASS_ENCODING;                   /* two of them: userspace combines them */
+                rb->ae_pos = i + AE_NAME_LEN;
             } else if (r == FS_HDR_HOST) {
                 if (*(volatile __u32 *)&rb->host_seen)
                     return PASS_MALFORMED;                  /* llhttp rejects a duplicate Host */
@@ -262,6 +269,7 @@ static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, st
     rb->stage = 0;
     rb->inm_pos = 0;
     rb->ims_pos = 0;
+    rb->ae_pos = 0;
     rb->host_seen = 0;
     rb->headers = 0;
     rb->line_start = 0;
@@ -377,6 +385,50 @@ static __always_inline int date_is(struct req_buf *rb, __u64 pos, __u8 *last_mod
     __u8 *after = v + k + IMF_FIXDATE_LEN;
     return equal && after[ows_len(after)] == '\r';
 }
+
+/* Is v exactly the n bytes of s (case and all)? Inlined with a literal: constant compares. */
+#define BYTES_ARE(v, s) bytes_are(v, s, sizeof(s) - 1)
+static __always_inline int bytes_are(const __u8 *v, const char *s, const int n)
+{
+#pragma unroll
+    for (int j = 0; j < n; j++)
+        if (v[j] != s[j])
+            return 0;
+    return 1;
+}
+
+/* Which Accept-Encoding value the request carries: 0 none, n for fileserver/abi.py's AE_FORMS[n - 1]
+ * (the exact values browsers and curl send, in that order), or -1 for any other (userspace's to
+ * parse, with q-values and all). Only exact lower-case bytes match; userspace has registered, for
+ * each form, the answer its own parser gives that very value (fileserver/encoding.py). */
+#define AE_IS(v, s) BYTES_ARE(v, s "\r")
+static __always_inline int ae_form(struct req_buf *rb)
+{
+    __u64 pos = rb->ae_pos;
+    if (!pos)
+        return 0;
+    CLAMP_MAX(pos, MAX_REQ);                        /* (b holds NAME_PEEK + 16 bytes past MAX_REQ) */
+    __u8 *v = rb->b + pos;
+    v += ows_len(v) & 3;
+    if (AE_IS(v, "gzip, deflate, br, zstd"))
+        return 1;
+    if (AE_IS(v, "gzip, deflate, br"))
+        return 2;
+    if (AE_IS(v, "gzip, deflate"))
+        return 3;
+    if (AE_IS(v, "deflate, gzip, br, zstd"))
+        return 4;
+    if (AE_IS(v, "deflate, gzip, br"))
+        return 5;
+    if (AE_IS(v, "deflate, gzip"))
+        return 6;
+    if (AE_IS(v, "gzip"))
+        return 7;
+    if (AE_IS(v, "identity"))
+        return 8;
+    return -1;
+}
+_Static_assert(NR_AE_FORMS == 8, "ae_form knows every form");
 
 /* How aiohttp answers this form of request (VAR_*): by its version and Connection header. */
 static __always_inline __u32 request_variant(struct req_buf *rb)

@@ -29,6 +29,7 @@ enum pass_reason {
     PASS_HANDSHAKE,         /* the server socket is not established yet (accept queue full, SYN cookies) */
     PASS_ECN,               /* a CE mark, or CWR/ECE: congestion signals the socket must see (RFC 3168) */
     PASS_ROUTE,             /* the socket's segments to the client leave by another interface */
+    PASS_ENCODING,          /* an Accept-Encoding value the kernel does not know (or two of them) */
     NR_PASS_REASONS,
 };
 

@@ -33,6 +33,7 @@ enum fs_result {
     FS_HDR_HOST,            /* Host: llhttp requires exactly one in HTTP/1.1 */
     FS_HDR_CONN_KEEP,       /* Connection: keep-alive */
     FS_HDR_CONN_CLOSE,      /* Connection: close */
+    FS_HDR_AE,              /* Accept-Encoding: which of the entry's codings answers */
 
     /* What becomes of the skb: the only results verdict() maps to TC verdicts. */
     FS_PASS,                /* to the server socket (translated when it needed to be) */

@@ -11,11 +11,19 @@ struct path_key {
 /* file_cache value: which body to send. Bodies are never rewritten in place: a new version gets a
  * new id, file_cache is switched to it, then the old body is deleted, so a reader sees one whole
  * version or misses (DESIGN.md section 6). */
+struct body_ref {
+    __u32 id;               /* 0: none (userspace answers) */
+    __u32 cls;              /* size class 0..NR_CLASSES-1 */
+};
+
 struct cache_ref {
-    __u32 id;
+    __u32 id;               /* the answer to a request without Accept-Encoding */
     __u32 cls;              /* size class 0..NR_CLASSES-1 */
     __u64 last_hit_ns;      /* written by the kernel on each answer: userspace evicts the least recent */
     __u64 hits;             /* answers sent from this entry (for `fileserver stats`' hot files) */
+    /* The answer to each Accept-Encoding value the kernel knows (ae_form() n at [n - 1]): the
+     * precompressed sibling userspace would send for that value, or the file itself. */
+    struct body_ref by_form[NR_AE_FORMS];
 };
 
 /* What precedes the data of every body: one version of one file, all the kernel needs to answer.
@@ -177,6 +185,7 @@ struct req_buf {
     __u32 path_start;           /* where the target starts: 4 for "GET ", 5 for "HEAD " */
     __u32 inm_pos;              /* where the If-None-Match value starts (0: no such header) */
     __u32 ims_pos;              /* where the If-Modified-Since value starts (0: no such header) */
+    __u32 ae_pos;               /* where the Accept-Encoding value starts (0: no such header) */
     __u32 scratch;              /* values handed through memory to keep verifier states few */
     __u32 host_seen;            /* a Host header was seen */
     __u32 headers;              /* header lines so far */

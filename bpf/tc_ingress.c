@@ -245,16 +245,26 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
     }
     if (r == FS_PARSE)
         r = PASS_TOO_LONG;                          /* longer than the last window */
+    int form = r == FS_CONTINUE ? ae_form(rb) : 0;
+    if (form < 0)
+        r = PASS_ENCODING;
     if (r == FS_CONTINUE) {
         struct cache_ref *ref = file_cache.lookup(&rb->key);
         if (ref) {
             ctx->ref = *ref;
+            if (form > 0) {
+                struct body_ref *b = &ref->by_form[(form - 1) & (NR_AE_FORMS - 1)];
+                ctx->ref.id = b->id;
+                ctx->ref.cls = b->cls;
+            }
             ctx->is_head = rb->path_start == 5;
             ctx->inm_pos = rb->inm_pos;
             ctx->ims_pos = rb->ims_pos;
             ctx->variant = request_variant(rb);
-            progs.call(skb, PROG_SEND0 + (ref->cls < NR_CLASSES ? ref->cls : 0));
-            r = PASS_CACHE_RACE;
+            __u32 cls = ctx->ref.cls;
+            if (ctx->ref.id)                        /* (0: that coding's body is userspace's) */
+                progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
+            r = ctx->ref.id ? PASS_CACHE_RACE : PASS_MISS;
         } else {
             r = PASS_MISS;
         }

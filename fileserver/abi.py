@@ -44,6 +44,7 @@ class PassReason(enum.IntEnum):
     HANDSHAKE = enum.auto()
     ECN = enum.auto()
     ROUTE = enum.auto()
+    ENCODING = enum.auto()
 
     @property
     def label(self) -> str:
@@ -114,6 +115,19 @@ SEG_PROGRAMS = tuple(f"fs_seg{c}" for c in range(NR_CLASSES))
 NM_REGION = 256             # NM_REGION: data[0, NM_REGION) holds the 304 answer, the 200 answer follows
 ETAG_MAX = 48               # ETAG_MAX: longest ETag the kernel compares
 INM_SCAN = 256              # INM_SCAN: longest If-None-Match value the kernel reads
+# The Accept-Encoding values the kernel matches byte for byte (bpf/parse_http.h's ae_form: form n
+# is AE_FORMS[n - 1], 0 is no header); cache_ref.by_form holds the answer to each.
+AE_FORMS = (
+    "gzip, deflate, br, zstd",   # Chromium and Firefox over HTTPS
+    "gzip, deflate, br",         # older Chromium, Firefox, Safari
+    "gzip, deflate",             # Chromium and Firefox over plain HTTP
+    "deflate, gzip, br, zstd",   # curl --compressed
+    "deflate, gzip, br",
+    "deflate, gzip",
+    "gzip",                      # wget --compression=auto, many libraries
+    "identity",                  # wget
+)
+NR_AE_FORMS = len(AE_FORMS)     # NR_AE_FORMS
 IMF_FIXDATE_LEN = 29        # IMF_FIXDATE_LEN: Last-Modified's value, compared with If-Modified-Since
 DATE_SLOT_OFFSET = 22       # DATE_SLOT_OFFSET: where the Date slot sits in a 200 response
 NM_DATE_SLOT_OFFSET = 32    # NM_DATE_SLOT_OFFSET: ... and in a 304
@@ -129,7 +143,8 @@ BODY_HDR_FIELDS = ("len", "csum", "head_len", "head_csum", "nm_len", "nm_csum", 
 # takes an assignment to a misspelt field silently, so the names are checked against the C).
 STRUCT_FIELDS_USED = {
     "path_key": ("path",),
-    "cache_ref": ("id", "cls", "last_hit_ns", "hits"),
+    "cache_ref": ("id", "cls", "last_hit_ns", "hits", "by_form"),
+    "body_ref": ("id", "cls"),
     "conn_state": ("delta_in", "last_seen_ns"),
     "user_idle": ("consumed", "written"),
     "clock": ("updated_ns", "date"),

@@ -102,6 +102,8 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
               help="PATTERN=VALUE, repeatable, first match wins over --cache-control: a pattern with '/' "
                    "matches the file's path from the root ('/assets/*'), one without its name ('*.html'). "
                    "In the config file: a [cache-control-rules] table.")
+@click.option("--precompressed/--no-precompressed", default=_DEFAULTS.precompressed, envvar=_envvar("PRECOMPRESSED"),
+              help="Send a file's precompressed sibling (x.css.br, .zst, .gz) to a client whose Accept-Encoding allows it.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
 @click.option("--drop-all-capabilities", is_flag=True, envvar=_envvar("DROP_ALL_CAPABILITIES"),
               help="After attaching, give up the permitted capabilities too: SIGHUP cannot then swap the BPF "

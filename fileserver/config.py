@@ -57,6 +57,7 @@ class Config:
     autoindex: bool = False
     cache_control: str = ""                      # the Cache-Control of every file's answers ("": none)
     cache_control_rules: tuple[str, ...] = ()    # "PATTERN=VALUE", first match wins (cache_control.py)
+    precompressed: bool = True                   # serve x.br/.zst/.gz siblings by Accept-Encoding (encoding.py)
     access_log: bool = False
     drop_all_capabilities: bool = False
     shutdown_timeout: float = 10.0

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +33,7 @@ from fileserver.http_semantics import (
     simple_headers,
 )
 from fileserver.cache_control import CacheControl
+from fileserver.encoding import offer
 from fileserver.resolve import Outcome, Resolver, is_canonical, origin_form
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
 
@@ -81,6 +83,7 @@ class StaticHandler:
         *,
         autoindex: bool = False,
         cache_control: CacheControl = CacheControl(),
+        precompressed: bool = True,
         on_served: ServedHook | None = None,
         on_missing: MissingHook | None = None,
     ) -> None:
@@ -89,6 +92,7 @@ class StaticHandler:
         self.stats = stats
         self.autoindex = autoindex
         self.cache_control = cache_control
+        self.precompressed = precompressed
         self.on_served = on_served
         self.on_missing = on_missing
         self.latency: LatencyObserver | None = None
@@ -134,9 +138,19 @@ class StaticHandler:
         return self._simple(404, NOT_FOUND_TEXT)
 
     def _file(self, request: web.BaseRequest, raw_path: str, path: Path) -> web.StreamResponse:
+        choice = offer(path, self.resolver.root, self.precompressed)
+        coding = choice.pick(request.headers.get("Accept-Encoding"))
         try:
-            snap = self.memcache.get(path)
-            v = snap.validators if snap is not None else Validators.from_stat(os.stat(path))
+            try:
+                body_path = choice.body_path(coding)
+                snap = self.memcache.get(body_path)
+            except FileNotFoundError:
+                if not coding:
+                    raise
+                coding, body_path = "", path   # the sibling just went: the file itself
+                snap = self.memcache.get(path)
+            v = snap.validators if snap is not None else Validators.from_stat(os.stat(body_path))
+            v = replace(v, coding=coding)
         except FileNotFoundError:
             return self._simple(404, "404: Not Found\n")
         except PermissionError:
@@ -148,8 +162,9 @@ class StaticHandler:
         cache_control = self.cache_control.for_file("/" + path.relative_to(self.resolver.root).as_posix())
         pre = evaluate_preconditions(request.headers, v)
         if pre is Precondition.NOT_MODIFIED:
-            return web.Response(status=304, headers=CIMultiDict(not_modified_headers(v, self.dates.now(), cache_control)))
-        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v, cache_control))
+            return web.Response(status=304, headers=CIMultiDict(
+                not_modified_headers(v, self.dates.now(), cache_control, choice.vary)))
+        headers = CIMultiDict(common_headers(self.dates.now()) + file_headers(path.name, v, cache_control, choice.vary))
         if pre is Precondition.FAILED:
             return self._simple(412, "412: Precondition Failed\n")
 
@@ -163,14 +178,14 @@ class StaticHandler:
         if snap is None:  # a large file: sendfile, with our headers
             if span is not None:
                 headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{v.size}"
-            return _LargeFileResponse(path, headers, span)
+            return _LargeFileResponse(body_path, headers, span, coding)
         if span is not None:
             start, end = span
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
             headers["Content-Length"] = str(end - start)
             return web.Response(status=206, body=snap.body[start:end], headers=headers)
         if self.on_served is not None and request.method == "GET" and is_canonical(raw_path.split("?", 1)[0]):
-            self.on_served(raw_path.split("?", 1)[0], snap)
+            self.on_served(raw_path.split("?", 1)[0], replace(snap, validators=v))
         return web.Response(body=snap.body, headers=headers)
 
     def _listing(self, raw_path: str, directory: Path) -> web.Response:
@@ -204,10 +219,11 @@ def _wire_size(response: web.StreamResponse) -> int:
 class _LargeFileResponse(web.FileResponse):
     """aiohttp's sendfile response, with our validators and an explicit single range."""
 
-    def __init__(self, path: Path, headers: CIMultiDict[str], span: tuple[int, int] | None) -> None:
+    def __init__(self, path: Path, headers: CIMultiDict[str], span: tuple[int, int] | None, coding: str = "") -> None:
         super().__init__(path)
         self._our_headers = headers
         self._span = span
+        self._coding = coding
 
     async def prepare(self, request: web.BaseRequest):  # type: ignore[override]
         # Our own conditional and range logic already ran: send exactly what the headers say.
@@ -217,7 +233,7 @@ class _LargeFileResponse(web.FileResponse):
         fobj = await loop.run_in_executor(None, open, self._path, "rb")
         try:
             st = os.fstat(fobj.fileno())
-            v = Validators.from_stat(st)
+            v = Validators.from_stat(st, self._coding)
             if self._our_headers["ETag"] != v.etag:
                 # Replaced between stat and open: describe what we actually opened.
                 self._our_headers["ETag"] = v.etag

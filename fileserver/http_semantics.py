@@ -58,22 +58,30 @@ class Validators:
     inode: int
     device: int
     mode: int = 0  # a chmod changes no content but may change who may read it
+    coding: str = ""  # a precompressed sibling's content coding (encoding.py); "" for the file itself
 
     @classmethod
-    def from_stat(cls, st: os.stat_result) -> "Validators":
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_mode)
+    def from_stat(cls, st: os.stat_result, coding: str = "") -> "Validators":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_mode, coding)
 
     @property
     def etag(self) -> str:
-        return f'"{self.mtime_ns:x}-{self.size:x}"'
+        # Each coding is its own representation, with its own entity-tag (RFC 9110 section 8.8.3).
+        return f'"{self.mtime_ns:x}-{self.size:x}{"-" + self.coding if self.coding else ""}"'
 
     @property
     def last_modified(self) -> str:
         return http_date(self.mtime_ns / 1e9)
 
 
-def file_headers(name: str, v: Validators, cache_control: str = "") -> list[tuple[str, str]]:
-    """The representation headers of a file, in wire order (without Date and Server), and its
+def is_compressible(name: str) -> bool:
+    """Text types, which a server may send compressed (and so always with Vary, encoding.py)."""
+    return content_type(name).startswith(_TEXT_TYPES)
+
+
+def file_headers(name: str, v: Validators, cache_control: str = "", vary: bool = False) -> list[tuple[str, str]]:
+    """The representation headers of a file (or of its precompressed sibling, v.coding), in wire
+    order without Date and Server; then Vary if its answer depends on Accept-Encoding, and its
     Cache-Control if it has one (cache_control.py)."""
     return [
         ("Content-Type", content_type(name)),
@@ -81,11 +89,13 @@ def file_headers(name: str, v: Validators, cache_control: str = "") -> list[tupl
         ("Last-Modified", v.last_modified),
         ("ETag", v.etag),
         ("Accept-Ranges", "bytes"),
-    ] + _cache_control(cache_control)
+        *([("Content-Encoding", v.coding)] if v.coding else []),
+    ] + _cache_headers(cache_control, vary)
 
 
-def _cache_control(value: str) -> list[tuple[str, str]]:
-    return [("Cache-Control", value)] if value else []
+def _cache_headers(cache_control: str, vary: bool) -> list[tuple[str, str]]:
+    """What a cache must know, in a 200 and in its 304 alike (RFC 9110 section 15.4.5)."""
+    return ([("Vary", "Accept-Encoding")] if vary else []) + ([("Cache-Control", cache_control)] if cache_control else [])
 
 
 def common_headers(date: str) -> list[tuple[str, str]]:
@@ -102,15 +112,16 @@ STATUS_LINE_304 = b"HTTP/1.1 304 Not Modified\r\n"
 NM_DATE_OFFSET = len(STATUS_LINE_304) + len(b"Date: ")
 
 
-def not_modified_headers(v: Validators, date: str, cache_control: str = "") -> list[tuple[str, str]]:
-    """Headers of a 304 (RFC 9110 section 15.4.5): the validators and the Cache-Control a 200
-    would carry, no representation metadata."""
-    return common_headers(date) + [("Last-Modified", v.last_modified), ("ETag", v.etag)] + _cache_control(cache_control)
+def not_modified_headers(v: Validators, date: str, cache_control: str = "", vary: bool = False) -> list[tuple[str, str]]:
+    """Headers of a 304 (RFC 9110 section 15.4.5): the validators and the Vary and Cache-Control
+    a 200 would carry, no representation metadata."""
+    return common_headers(date) + [("Last-Modified", v.last_modified), ("ETag", v.etag)] + \
+        _cache_headers(cache_control, vary)
 
 
-def not_modified_head(v: Validators, date: str, cache_control: str = "") -> bytes:
+def not_modified_head(v: Validators, date: str, cache_control: str = "", vary: bool = False) -> bytes:
     """A 304 response exactly as sent on the wire (it has no body)."""
-    head = serialize_head(STATUS_LINE_304, not_modified_headers(v, date, cache_control))
+    head = serialize_head(STATUS_LINE_304, not_modified_headers(v, date, cache_control, vary))
     assert head[NM_DATE_OFFSET : NM_DATE_OFFSET + DATE_LEN] == date.encode()
     return head
 
@@ -148,9 +159,9 @@ def not_found_response(date: str) -> tuple[bytes, int, int]:
     return head + body, len(head), date_slot
 
 
-def response_head(name: str, v: Validators, date: str, cache_control: str = "") -> bytes:
+def response_head(name: str, v: Validators, date: str, cache_control: str = "", vary: bool = False) -> bytes:
     """Status line and headers of the 200 response for a whole file, exactly as sent on the wire."""
-    head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v, cache_control))
+    head = serialize_head(STATUS_LINE_200, common_headers(date) + file_headers(name, v, cache_control, vary))
     assert head[DATE_OFFSET : DATE_OFFSET + DATE_LEN] == date.encode()
     return head
 

@@ -25,11 +25,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fileserver.abi import DATE_SLOT_OFFSET
+from fileserver.abi import AE_FORMS, DATE_SLOT_OFFSET
 from fileserver.config import Config
+from fileserver.encoding import Offer, offer, sibling_names
 from fileserver.maps import Maps
 from fileserver.http_semantics import Validators, not_found_response, not_modified_head, response_head
 from fileserver.resolve import INDEX_FILE, Outcome, Resolver, canonical_spelling, decode_path, is_canonical
@@ -48,14 +49,34 @@ class Entry:
     url_path: str
     file: Path  # for a negative entry, where the file would be
     validators: Validators | None  # None: a negative entry (the path's 404)
-    body_id: int
+    body_id: int  # the answer without Accept-Encoding (the file itself, or the 404)
     cls: int
-    size: int  # response bytes
+    size: int  # response bytes, all bodies
     user_hit_ns: int
+    # Every representation pushed, by coding ("" the file itself), and the bodies of the
+    # precompressed ones as (class, body id): the Accept-Encoding forms the kernel knows point there.
+    variants: dict[str, Validators] = field(default_factory=dict)
+    coded: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def bodies(self) -> list[tuple[int, int]]:
+        return [(self.cls, self.body_id), *self.coded]
 
     @property
     def negative(self) -> bool:
         return self.validators is None
+
+
+@dataclass(frozen=True)
+class _Body:
+    """One answer to put in a body map: the 200 (its head head_len bytes) and its 304."""
+
+    cls: int
+    response: bytes
+    head_len: int
+    not_modified: bytes
+    etag: bytes
+    date_slot: int = DATE_SLOT_OFFSET
 
 
 @dataclass
@@ -92,18 +113,20 @@ class KernelCache:
         return snap.validators.size <= self.config.max_kernel_file_size
 
     def on_user_served(self, url_path: str, snap: Snapshot) -> None:
-        """Called by the userspace handler after a full 200 GET of a small file."""
+        """Called by the userspace handler after a full 200 GET of a small file (or of one of its
+        precompressed siblings: snap.validators.coding)."""
         if not self.eligible(snap):
             return
         with self._lock:
             entry = self.entries.get(url_path)
             if entry is not None:
                 entry.user_hit_ns = time.monotonic_ns()
-                if entry.validators == snap.validators:
+                if snap.validators in entry.variants.values():
                     return  # already cached (this request just raced the push or was ineligible in BPF)
             self._hits[url_path] += 1
-            if self._hits[url_path] >= self.config.hot_after or entry is not None:
-                self._push(url_path, snap, cause="hot" if entry is None else "modified")
+            if self._hits[url_path] < self.config.hot_after and entry is None:
+                return
+        self.refresh(url_path, cause="hot" if entry is None else "modified")
 
     def on_user_missing(self, url_path: str) -> None:
         """Called by the userspace handler after a 404 for a path that does not exist."""
@@ -148,19 +171,35 @@ class KernelCache:
         if resolved.outcome is not Outcome.FILE or resolved.path is None:
             self.drop(url_path)
             return False
+        choice = offer(resolved.path, self.resolver.root, self.config.precompressed)
         try:
-            snap = self.memcache.get(resolved.path)
+            snaps = self._representations(choice)
         except (OSError, FileChanging):
             self.drop(url_path)
             return False
-        if snap is None or not self.eligible(snap):
+        if snaps is None:
             self.drop(url_path)
             return False
         with self._lock:
             entry = self.entries.get(url_path)
-            if entry is not None and entry.validators == snap.validators and entry.file == snap.path:
+            if entry is not None and entry.file == resolved.path and \
+                    entry.variants == {c: s.validators for c, s in snaps.items()}:
                 return True
-            return self._push(url_path, snap, cause=cause)
+            return self._push(url_path, choice, snaps, cause=cause)
+
+    def _representations(self, choice: Offer) -> dict[str, Snapshot] | None:
+        """The snapshot of every representation some request may get (the file itself, and each
+        sibling one of the Accept-Encoding forms the kernel knows picks), their validators
+        carrying their coding; None if the file itself is not eligible. A sibling too large to
+        hold is left out: the forms that pick it are userspace's."""
+        out = {}
+        for coding in {"", *(choice.pick(form) for form in AE_FORMS)}:
+            snap = self.memcache.get(choice.body_path(coding))
+            if snap is not None and self.eligible(snap):
+                out[coding] = replace(snap, validators=replace(snap.validators, coding=coding))
+            elif not coding:
+                return None
+        return out
 
     def on_paths_changed(self, paths: list[str]) -> None:
         """Filesystem events (watchdog thread): refresh every entry whose file may be affected."""
@@ -169,7 +208,8 @@ class KernelCache:
             for changed in paths:
                 for url, entry in self.entries.items():
                     f = str(entry.file)
-                    if f == changed or f.startswith(changed.rstrip(os.sep) + os.sep):
+                    if f == changed or f.startswith(changed.rstrip(os.sep) + os.sep) or \
+                            changed in sibling_names(f):   # a sibling came, changed or went
                         targets.add(url)
         for url in targets:
             self.refresh(url)
@@ -195,59 +235,80 @@ class KernelCache:
                 self.drop(self._least_recent(negatives).url_path, evicted=True)
             elif len(self.entries) >= self.config.kernel_cache_entries:
                 self._evict_one()
-            body_id = self._next_id
-            self._next_id = (self._next_id % 0xFFFFFFFF) + 1
-            try:
-                self._put_body(cls, body_id, response, head_len, b"", b"", date_slot)
-                self.maps.set_ref(url_path, body_id, cls)
-            except Exception as e:  # bcc raises plain Exception for a full map
-                log.debug("could not push the 404 of %s to the kernel cache: %s", url_path, e)
-                self.maps.delete_body(cls, body_id)
+            # (whatever the Accept-Encoding, the same 404)
+            placed = self._store(url_path, [_Body(cls, response, head_len, b"", b"", date_slot)], [0] * len(AE_FORMS))
+            if placed is None:
                 return False
             where = Path(self.resolver.root, *[s for s in (decode_path(url_path) or "").split("/") if s])
-            self.entries[url_path] = Entry(url_path, where, None, body_id, cls, len(response), time.monotonic_ns())
+            self.entries[url_path] = Entry(url_path, where, None, placed[0][1], cls, len(response), time.monotonic_ns())
             self.stats.bytes += len(response)
             self.stats.entries = len(self.entries)
             self.stats.updates_missing += 1
         log.debug("kernel cache: 404 for %s", url_path)
         return True
 
-    def _push(self, url_path: str, snap: Snapshot, cause: str) -> bool:
+    def _push(self, url_path: str, choice: Offer, snaps: dict[str, Snapshot], cause: str) -> bool:
+        """Push every representation of a file (snaps: by coding, "" the file itself) and point
+        its entry at them: the file itself without Accept-Encoding, and for each form the kernel
+        knows the one userspace would pick for it (encoding.py)."""
         cache_control = self.config.cache_control_policy.for_file(
-            "/" + snap.path.relative_to(self.resolver.root).as_posix())
-        head = response_head(snap.path.name, snap.validators, self.date(), cache_control)
-        response = head + snap.body
-        cls = self.maps.size_class(len(response))
-        if cls is None:
-            return False
+            "/" + choice.path.relative_to(self.resolver.root).as_posix())
+        codings = sorted(snaps, key=lambda c: c != "")  # the file itself first
+        bodies = []
+        for coding in codings:
+            v, date = snaps[coding].validators, self.date()
+            head = response_head(choice.path.name, v, date, cache_control, choice.vary)
+            response = head + snaps[coding].body
+            cls = self.maps.size_class(len(response))
+            if cls is None:
+                return False
+            bodies.append(_Body(cls, response, len(head), not_modified_head(v, date, cache_control, choice.vary),
+                                v.etag.encode()))
+        by_form = [codings.index(c) if c in snaps else -1 for c in (choice.pick(f) for f in AE_FORMS)]
         with self._lock:
             old = self.entries.get(url_path)
             if old is None and len(self.entries) >= self.config.kernel_cache_entries:
                 self._evict_one()
-            body_id = self._next_id
-            self._next_id = (self._next_id % 0xFFFFFFFF) + 1
-            try:
-                self._put_body(cls, body_id, response, len(head), not_modified_head(snap.validators, self.date(), cache_control),
-                           snap.validators.etag.encode())
-                self.maps.set_ref(url_path, body_id, cls)
-            except Exception as e:  # bcc raises plain Exception for a full map
-                # A full map or an oversized key: the request is simply served by userspace.
-                log.debug("could not push %s to the kernel cache: %s", url_path, e)
-                self.maps.delete_body(cls, body_id)
+            placed = self._store(url_path, bodies, by_form)
+            if placed is None:
                 return False
             if old is not None:
-                self._retire(old.cls, old.body_id)
+                for cls, body_id in old.bodies:
+                    self._retire(cls, body_id)
                 self.stats.bytes -= old.size
-            self.entries[url_path] = Entry(url_path, snap.path, snap.validators, body_id, cls, len(response), time.monotonic_ns())
-            self.stats.bytes += len(response)
+            size = sum(len(b.response) for b in bodies)
+            self.entries[url_path] = Entry(url_path, choice.path, snaps[""].validators, placed[0][1], placed[0][0], size,
+                                           time.monotonic_ns(), {c: snaps[c].validators for c in codings}, placed[1:])
+            self.stats.bytes += size
             self.stats.entries = len(self.entries)
             if cause == "hot" and old is None:
                 self.stats.updates_hot += 1
             else:
                 self.stats.updates_modified += 1
             self._hits.pop(url_path, None)
-        log.debug("kernel cache: %s %s (%d bytes, class %d)", cause, url_path, len(response), cls)
+        log.debug("kernel cache: %s %s (%s, %d bytes)", cause, url_path, ", ".join(c or "identity" for c in codings), size)
         return True
+
+    def _store(self, url_path: str, bodies: list["_Body"], by_form: list[int]) -> list[tuple[int, int]] | None:
+        """Put each body under a fresh id, then point url_path's file_cache entry at them: bodies[0]
+        answers a request without Accept-Encoding, bodies[by_form[n]] one with AE_FORMS[n] (-1:
+        none, userspace answers). Returns the (class, id) of each body, or None, leaving nothing
+        behind, if a map refused (a full map or an oversized key: userspace serves the path)."""
+        placed: list[tuple[int, int]] = []
+        try:
+            for b in bodies:
+                body_id = self._next_id
+                self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+                self._put_body(b.cls, body_id, b.response, b.head_len, b.not_modified, b.etag, b.date_slot)
+                placed.append((b.cls, body_id))
+            forms = [(placed[i][1], placed[i][0]) if i >= 0 else (0, 0) for i in by_form]
+            self.maps.set_ref(url_path, placed[0][1], placed[0][0], forms)
+        except Exception as e:  # bcc raises plain Exception for a full map
+            log.debug("could not push %s to the kernel cache: %s", url_path, e)
+            for cls, body_id in placed:
+                self.maps.delete_body(cls, body_id)
+            return None
+        return placed
 
     def drop(self, url_path: str, evicted: bool = False) -> None:
         """Remove an entry: its file is gone or ineligible, or (evicted) to make room."""
@@ -256,7 +317,8 @@ class KernelCache:
             if entry is None:
                 return
             self.maps.delete_ref(url_path)
-            self._retire(entry.cls, entry.body_id)
+            for cls, body_id in entry.bodies:
+                self._retire(cls, body_id)
             self.stats.bytes -= entry.size
             self.stats.entries = len(self.entries)
             if evicted:
@@ -308,8 +370,9 @@ class KernelCache:
         stored bytes), start over from the new ones (the kernel misses, and userspace answers,
         until files are pushed again)."""
         old = self.config
-        if (config.root, config.hot_after, config.max_kernel_file_size, config.cache_control_policy) == \
-                (old.root, old.hot_after, old.max_kernel_file_size, old.cache_control_policy):
+        if (config.root, config.hot_after, config.max_kernel_file_size, config.cache_control_policy,
+                config.precompressed) == (old.root, old.hot_after, old.max_kernel_file_size,
+                                          old.cache_control_policy, old.precompressed):
             with self._lock:
                 self.resolver, self.config = resolver, config
             return

@@ -26,6 +26,7 @@ from fileserver.abi import (
     MAX_FRAME,
     NM_DATE_SLOT_OFFSET,
     NM_REGION,
+    NR_AE_FORMS,
     NR_VARIANTS,
     KernelError,
     Kind,
@@ -180,12 +181,17 @@ class Maps:
         with contextlib.suppress(KeyError):
             del self.bodies[cls][ct.c_uint(body_id)]
 
-    def set_ref(self, url_path: str, body_id: int, cls: int) -> None:
+    def set_ref(self, url_path: str, body_id: int, cls: int, by_form: list[tuple[int, int]] | None = None) -> None:
+        """Point url_path at body_id (the answer without Accept-Encoding) and by_form[n], (id,
+        class), at the answer to AE_FORMS[n] (id 0: userspace's); by default the same body."""
         leaf = self.file_cache.Leaf()
         leaf.id = body_id
         leaf.cls = cls
         leaf.last_hit_ns = 0
         leaf.hits = 0
+        for n, (form_id, form_cls) in enumerate(by_form or [(body_id, cls)] * NR_AE_FORMS):
+            leaf.by_form[n].id = form_id
+            leaf.by_form[n].cls = form_cls
         self.file_cache[self._path_key(url_path)] = leaf
 
     def delete_ref(self, url_path: str) -> None:

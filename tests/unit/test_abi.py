@@ -180,5 +180,9 @@ def test_abi_matches_the_c_sources() -> None:
     check("programs missing in C", sorted(set(programs) - c.programs()), [])
     check("the progs array", c.define("NR_PROGS"), len(programs) - len(abi.ENTRY_PROGRAMS))
 
+    check("cache_ref.by_form length", c.value(c.field("cache_ref", "by_form").count), abi.NR_AE_FORMS)
+    forms = re.findall(r'AE_IS\(v, "([^"]*)"\)\)\s*return (\d+);', (REPO / "bpf" / "parse_http.h").read_text())
+    check("ae_form's values, in order", forms, [(f, str(n)) for n, f in enumerate(abi.AE_FORMS, 1)])
+
     assert not wrong, "fileserver/abi.py and bpf/ disagree:\n" + "\n".join(wrong)
 

@@ -1,0 +1,99 @@
+"""Precompressed siblings chosen by Accept-Encoding: the kernel answers the exact values browsers
+and curl send with the representation userspace picks for that value, byte for byte; any other
+value is userspace's (q-values and all); a sibling that changes, appears or goes is followed."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import brotli
+import zstandard
+
+from tests.kernel.kernel_path import assert_no_tcp_trouble
+from tests.support import NetNS, RawClient, Server, require_tool, split_response, without_date
+
+CSS = b"body { color: #333; margin: 0 auto; }\n" * 40
+
+
+def siblings(site: Path) -> dict[str, bytes]:
+    coded = {"br": brotli.compress(CSS), "zstd": zstandard.ZstdCompressor().compress(CSS), "gzip": gzip.compress(CSS, mtime=0)}
+    for coding, suffix in (("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")):
+        (site / f"app.css{suffix}").write_bytes(coded[coding])
+    (site / "app.css").write_bytes(CSS)
+    return coded
+
+
+def user_answer(c: RawClient, request: str) -> bytes:
+    """Userspace's answer to request: behind a miss in the same segment, it cannot be the kernel's."""
+    c.send(f"GET /enc-miss HTTP/1.1\r\nHost: x\r\n\r\n{request}".encode())
+    assert c.read_response().startswith(b"HTTP/1.1 404")
+    return c.read_response()
+
+
+def test_precompressed_siblings_from_the_kernel(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    coded = siblings(site)
+    srv: Server = server_factory(site, "--hot-after", "0")
+    cases = {  # Accept-Encoding (None: no header): (coding sent, by the kernel)
+        None: ("", True), "gzip, deflate, br, zstd": ("br", True), "gzip, deflate": ("gzip", True),
+        "deflate, gzip, br, zstd": ("br", True), "gzip": ("gzip", True), "identity": ("", True),
+        "br;q=0.5, zstd;q=0.9": ("zstd", False), "GZIP, deflate": ("gzip", False), "gzip,deflate": ("gzip", False),
+        "*;q=0, identity": ("", False),
+    }
+    c = RawClient(netns)
+    for value, (coding, by_kernel) in cases.items():
+        request = f"GET /app.css HTTP/1.1\r\nHost: x\r\n{f'Accept-Encoding: {value}' + chr(13) + chr(10) if value else ''}\r\n"
+        k, u = srv.kernel_hits(), srv.user_hits()
+        c.send(request.encode())
+        resp = c.read_response()
+        assert (srv.kernel_hits() - k, srv.user_hits() - u) == ((1, 0) if by_kernel else (0, 1)), value
+        _, headers, body = split_response(resp)
+        assert headers.get("content-encoding", "") == coding and headers["vary"] == "Accept-Encoding", value
+        assert body == (coded[coding] if coding else CSS), value
+        assert headers["content-type"] == "text/css; charset=utf-8"
+        assert without_date(user_answer(c, request)) == without_date(resp), value
+        # Each representation revalidates by its own entity-tag, and its 304 carries Vary too.
+        etag = headers["etag"]
+        c.send(request.replace("\r\n\r\n", f"\r\nIf-None-Match: {etag}\r\n\r\n").encode())
+        nm = c.read_response()
+        assert nm.startswith(b"HTTP/1.1 304") and split_response(nm)[1]["vary"] == "Accept-Encoding", value
+        time.sleep(0.05)   # (a fast client stays userspace's for one request after a userspace answer)
+    assert srv.metrics()["fileserver_kernel_passes_total{reason=encoding}"] >= 4
+
+    # curl --compressed (deflate, gzip, br, zstd here) gets the brotli body from the kernel and decodes it.
+    k = srv.kernel_hits()
+    out = netns.run(require_tool("curl"), "-sS", "--compressed", "-o", "-", "http://127.0.0.1:8080/app.css").stdout
+    assert out.encode() == CSS and srv.kernel_hits() == k + 1
+
+    # A sibling that changes is followed; one that goes hands its requests to the next best.
+    new_css = CSS.replace(b"#333", b"#444")
+    (site / "app.css.br").write_bytes(brotli.compress(new_css))
+    (site / "app.css.zst").unlink()
+    (site / "app.css.gz").unlink()
+    time.sleep(1.2)
+    c2 = RawClient(netns)
+    for value, (coding, body) in {"gzip, deflate, br": ("br", brotli.compress(new_css)), "gzip": ("", CSS)}.items():
+        k = srv.kernel_hits()
+        c2.send(f"GET /app.css HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {value}\r\n\r\n".encode())
+        _, headers, got = split_response(c2.read_response())
+        assert (headers.get("content-encoding", ""), got) == (coding, body) and srv.kernel_hits() == k + 1, value
+    assert_no_tcp_trouble(netns)
+
+
+def test_vary_and_the_switch(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Text types always carry Vary (a cache must not hand a compressed copy to a client that did
+    not ask for one); other types only with siblings; --no-precompressed sends the file itself and no Vary."""
+    siblings(site)
+    (site / "logo.png").write_bytes(b"\x89PNG" + bytes(200))
+    for args, coding, vary in (((), "br", True), (("--no-precompressed",), "", False)):
+        srv = server_factory(site, "--hot-after", "0", *args)
+        c = RawClient(netns)
+        k = srv.kernel_hits()
+        headers = split_response(c.get("/app.css", "Accept-Encoding: gzip, deflate, br\r\n"))[1]
+        assert headers.get("content-encoding", "") == coding and ("vary" in headers) == vary, args
+        assert ("vary" in split_response(c.get("/hot.txt"))[1]) == vary, args
+        assert "vary" not in split_response(c.get("/logo.png", "Accept-Encoding: gzip\r\n"))[1]
+        assert srv.kernel_hits() == k + 3
+        c.close()
+        srv.stop()
