@@ -104,6 +104,8 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
                    "In the config file: a [cache-control-rules] table.")
 @click.option("--precompressed/--no-precompressed", default=_DEFAULTS.precompressed, envvar=_envvar("PRECOMPRESSED"),
               help="Send a file's precompressed sibling (x.css.br, .zst, .gz) to a client whose Accept-Encoding allows it.")
+@click.option("--compress", is_flag=True, envvar=_envvar("COMPRESS"),
+              help="Also compress text types that have no sibling (br and zstd when their packages are installed, gzip), once per version of the file.")
 @click.option("--access-log", is_flag=True, envvar=_envvar("ACCESS_LOG"), help="Log every userspace request (combined format).")
 @click.option("--drop-all-capabilities", is_flag=True, envvar=_envvar("DROP_ALL_CAPABILITIES"),
               help="After attaching, give up the permitted capabilities too: SIGHUP cannot then swap the BPF "

@@ -58,6 +58,7 @@ class Config:
     cache_control: str = ""                      # the Cache-Control of every file's answers ("": none)
     cache_control_rules: tuple[str, ...] = ()    # "PATTERN=VALUE", first match wins (cache_control.py)
     precompressed: bool = True                   # serve x.br/.zst/.gz siblings by Accept-Encoding (encoding.py)
+    compress: bool = False                       # ... and compress text types without them, once per version
     access_log: bool = False
     drop_all_capabilities: bool = False
     shutdown_timeout: float = 10.0

@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -84,6 +83,7 @@ class StaticHandler:
         autoindex: bool = False,
         cache_control: CacheControl = CacheControl(),
         precompressed: bool = True,
+        compress: bool = False,
         on_served: ServedHook | None = None,
         on_missing: MissingHook | None = None,
     ) -> None:
@@ -93,6 +93,7 @@ class StaticHandler:
         self.autoindex = autoindex
         self.cache_control = cache_control
         self.precompressed = precompressed
+        self.compress = compress
         self.on_served = on_served
         self.on_missing = on_missing
         self.latency: LatencyObserver | None = None
@@ -138,19 +139,17 @@ class StaticHandler:
         return self._simple(404, NOT_FOUND_TEXT)
 
     def _file(self, request: web.BaseRequest, raw_path: str, path: Path) -> web.StreamResponse:
-        choice = offer(path, self.resolver.root, self.precompressed)
+        choice = offer(path, self.resolver.root, self.precompressed, self.compress)
         coding = choice.pick(request.headers.get("Accept-Encoding"))
         try:
             try:
-                body_path = choice.body_path(coding)
-                snap = self.memcache.get(body_path)
+                coding, snap = choice.snapshot(self.memcache, coding)
             except FileNotFoundError:
                 if not coding:
                     raise
-                coding, body_path = "", path   # the sibling just went: the file itself
-                snap = self.memcache.get(path)
-            v = snap.validators if snap is not None else Validators.from_stat(os.stat(body_path))
-            v = replace(v, coding=coding)
+                coding, snap = choice.snapshot(self.memcache, "")   # the sibling just went: the file itself
+            body_path = choice.body_path(coding)
+            v = snap.validators if snap is not None else Validators.from_stat(os.stat(body_path), coding)
         except FileNotFoundError:
             return self._simple(404, "404: Not Found\n")
         except PermissionError:
@@ -185,7 +184,7 @@ class StaticHandler:
             headers["Content-Length"] = str(end - start)
             return web.Response(status=206, body=snap.body[start:end], headers=headers)
         if self.on_served is not None and request.method == "GET" and is_canonical(raw_path.split("?", 1)[0]):
-            self.on_served(raw_path.split("?", 1)[0], replace(snap, validators=v))
+            self.on_served(raw_path.split("?", 1)[0], snap)
         return web.Response(body=snap.body, headers=headers)
 
     def _listing(self, raw_path: str, directory: Path) -> web.Response:

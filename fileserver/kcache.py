@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fileserver.abi import AE_FORMS, DATE_SLOT_OFFSET
@@ -171,35 +171,38 @@ class KernelCache:
         if resolved.outcome is not Outcome.FILE or resolved.path is None:
             self.drop(url_path)
             return False
-        choice = offer(resolved.path, self.resolver.root, self.config.precompressed)
+        choice = offer(resolved.path, self.resolver.root, self.config.precompressed, self.config.compress)
         try:
-            snaps = self._representations(choice)
+            reps = self._representations(choice)
         except (OSError, FileChanging):
             self.drop(url_path)
             return False
-        if snaps is None:
+        if reps is None:
             self.drop(url_path)
             return False
+        snaps, _ = reps
         with self._lock:
             entry = self.entries.get(url_path)
             if entry is not None and entry.file == resolved.path and \
                     entry.variants == {c: s.validators for c, s in snaps.items()}:
                 return True
-            return self._push(url_path, choice, snaps, cause=cause)
+            return self._push(url_path, choice, reps, cause=cause)
 
-    def _representations(self, choice: Offer) -> dict[str, Snapshot] | None:
-        """The snapshot of every representation some request may get (the file itself, and each
-        sibling one of the Accept-Encoding forms the kernel knows picks), their validators
-        carrying their coding; None if the file itself is not eligible. A sibling too large to
-        hold is left out: the forms that pick it are userspace's."""
-        out = {}
-        for coding in {"", *(choice.pick(form) for form in AE_FORMS)}:
-            snap = self.memcache.get(choice.body_path(coding))
+    def _representations(self, choice: Offer) -> tuple[dict[str, Snapshot], dict[str, str]] | None:
+        """The snapshot of every representation some request may get (the file itself, and what
+        each Accept-Encoding form the kernel knows calls for), by the coding it really has
+        (Offer.snapshot), and for each coding called for, the one sent; None if the file itself
+        is not eligible. A representation too large to hold is left out: the forms that get it
+        are userspace's."""
+        snaps: dict[str, Snapshot] = {}
+        sent: dict[str, str] = {}
+        for coding in sorted({"", *(choice.pick(form) for form in AE_FORMS)}):
+            sent[coding], snap = choice.snapshot(self.memcache, coding)
             if snap is not None and self.eligible(snap):
-                out[coding] = replace(snap, validators=replace(snap.validators, coding=coding))
+                snaps[sent[coding]] = snap
             elif not coding:
                 return None
-        return out
+        return snaps, sent
 
     def on_paths_changed(self, paths: list[str]) -> None:
         """Filesystem events (watchdog thread): refresh every entry whose file may be affected."""
@@ -247,10 +250,12 @@ class KernelCache:
         log.debug("kernel cache: 404 for %s", url_path)
         return True
 
-    def _push(self, url_path: str, choice: Offer, snaps: dict[str, Snapshot], cause: str) -> bool:
-        """Push every representation of a file (snaps: by coding, "" the file itself) and point
-        its entry at them: the file itself without Accept-Encoding, and for each form the kernel
-        knows the one userspace would pick for it (encoding.py)."""
+    def _push(self, url_path: str, choice: Offer, reps: tuple[dict[str, Snapshot], dict[str, str]], cause: str) -> bool:
+        """Push every representation of a file (_representations: the snapshots by coding, ""
+        the file itself, and which is sent for each coding called for) and point its entry at
+        them: the file itself without Accept-Encoding, and for each form the kernel knows the one
+        userspace would send for it (encoding.py)."""
+        snaps, sent = reps
         cache_control = self.config.cache_control_policy.for_file(
             "/" + choice.path.relative_to(self.resolver.root).as_posix())
         codings = sorted(snaps, key=lambda c: c != "")  # the file itself first
@@ -264,7 +269,7 @@ class KernelCache:
                 return False
             bodies.append(_Body(cls, response, len(head), not_modified_head(v, date, cache_control, choice.vary),
                                 v.etag.encode()))
-        by_form = [codings.index(c) if c in snaps else -1 for c in (choice.pick(f) for f in AE_FORMS)]
+        by_form = [codings.index(c) if c in snaps else -1 for c in (sent[choice.pick(f)] for f in AE_FORMS)]
         with self._lock:
             old = self.entries.get(url_path)
             if old is None and len(self.entries) >= self.config.kernel_cache_entries:
@@ -371,8 +376,8 @@ class KernelCache:
         until files are pushed again)."""
         old = self.config
         if (config.root, config.hot_after, config.max_kernel_file_size, config.cache_control_policy,
-                config.precompressed) == (old.root, old.hot_after, old.max_kernel_file_size,
-                                          old.cache_control_policy, old.precompressed):
+                config.precompressed, config.compress) == (old.root, old.hot_after, old.max_kernel_file_size,
+                                                           old.cache_control_policy, old.precompressed, old.compress):
             with self._lock:
                 self.resolver, self.config = resolver, config
             return

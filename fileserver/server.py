@@ -28,7 +28,7 @@ ACCESS_LOG_FORMAT = '%a - - %t "%r" %s %b "%{Referer}i" "%{User-Agent}i"'
 RELOADABLE = frozenset({
     "root", "interfaces", "hot_after", "max_kernel_file_size", "keepalive_timeout", "header_timeout", "max_connections",
     "max_url_length", "max_header_size", "max_headers", "autoindex", "cache_control", "cache_control_rules",
-    "precompressed",
+    "precompressed", "compress",
 })
 
 
@@ -44,7 +44,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     resolver = Resolver(config.root)
 
     handler = StaticHandler(resolver, memcache, stats, autoindex=config.autoindex,
-                            cache_control=config.cache_control_policy, precompressed=config.precompressed)
+                            cache_control=config.cache_control_policy, precompressed=config.precompressed,
+                            compress=config.compress)
     http = HttpServer(
         handler,
         config,
@@ -140,6 +141,7 @@ class _Reloader:
                 self.http.reconfigure(new)
                 self.handler.resolver, self.handler.autoindex = resolver, new.autoindex
                 self.handler.cache_control, self.handler.precompressed = new.cache_control_policy, new.precompressed
+                self.handler.compress = new.compress
                 if not kernel_first:
                     new = await loop.run_in_executor(None, self.kernel.reconfigure, new, resolver)
                     self.http.reconfigure(new)  # the kernel may have kept its limits

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fileserver.http_semantics import Validators
@@ -61,46 +62,77 @@ def _path_still_is(path: Path, v: Validators) -> bool:
         return False
 
 
+Compress = Callable[[bytes], bytes]
+
+
 class MemoryCache:
-    """LRU cache of file snapshots, bounded in bytes, validated by a stat on every lookup."""
+    """LRU cache of file snapshots, bounded in bytes, validated by a stat on every lookup; and of
+    the compressed forms of some (`get_coded`), made once per version of the file."""
 
     def __init__(self, max_bytes: int, max_file_size: int) -> None:
         self.max_bytes = max_bytes
         self.max_file_size = max_file_size
-        self._entries: OrderedDict[Path, Snapshot] = OrderedDict()
+        # By (path, coding): "" the file as it is; a coding, its compressed bytes, whose
+        # validators are the file's with that coding and the compressed size.
+        self._entries: OrderedDict[tuple[Path, str], tuple[Validators, Snapshot | None]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> Snapshot | None:
         """The current snapshot of path; None if the file is too big to cache. Raises OSError."""
         current = Validators.from_stat(os.stat(path))
-        with self._lock:
-            snap = self._entries.get(path)
-            if snap is not None and snap.validators == current:
-                self._entries.move_to_end(path)
-                return snap
+        hit = self._lookup((path, ""), current)
+        if hit is not None:
+            return hit[1]
         if current.size > self.max_file_size:
             return None
         snap = read_snapshot(path, self.max_file_size)
         if snap is not None:
-            self._store(snap)
+            self._store((path, ""), snap.validators, snap)
         return snap
 
-    def _store(self, snap: Snapshot) -> None:
+    def get_coded(self, path: Path, coding: str, compress: Compress) -> Snapshot | None:
+        """path's bytes compressed with compress, as coding; None if the file is too big to cache
+        or compression does not make it smaller (the same answer for the same version, always).
+        Raises OSError."""
+        source = self.get(path)
+        if source is None:
+            return None
+        hit = self._lookup((path, coding), source.validators)
+        if hit is not None:
+            return hit[1]
+        body = compress(source.body)
+        snap = None
+        if len(body) < len(source.body):
+            snap = Snapshot(path, replace(source.validators, size=len(body), coding=coding), body)
+        self._store((path, coding), source.validators, snap)
+        return snap
+
+    def _lookup(self, key: tuple[Path, str], source: Validators) -> tuple[Validators, Snapshot | None] | None:
         with self._lock:
-            old = self._entries.pop(snap.path, None)
-            if old is not None:
-                self._bytes -= len(old.body)
-            if len(snap.body) > self.max_bytes:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] == source:
+                self._entries.move_to_end(key)
+                return hit
+        return None
+
+    def _store(self, key: tuple[Path, str], source: Validators, snap: Snapshot | None) -> None:
+        size = len(snap.body) if snap is not None else 0
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None and old[1] is not None:
+                self._bytes -= len(old[1].body)
+            if size > self.max_bytes:
                 return
-            self._entries[snap.path] = snap
-            self._bytes += len(snap.body)
+            self._entries[key] = (source, snap)
+            self._bytes += size
             while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= len(evicted.body)
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= len(evicted.body) if evicted is not None else 0
 
     def invalidate(self, path: Path) -> None:
         with self._lock:
-            old = self._entries.pop(path, None)
-            if old is not None:
-                self._bytes -= len(old.body)
+            for key in [k for k in self._entries if k[0] == path]:
+                _, old = self._entries.pop(key)
+                if old is not None:
+                    self._bytes -= len(old.body)

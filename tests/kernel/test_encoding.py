@@ -97,3 +97,31 @@ def test_vary_and_the_switch(netns: NetNS, site: Path, server_factory) -> None: 
         assert srv.kernel_hits() == k + 3
         c.close()
         srv.stop()
+
+
+def test_compressed_here_from_the_kernel(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """--compress: a text file without siblings is compressed once per version, and the kernel
+    answers with those bytes, as userspace does; a file compression does not shrink goes as itself."""
+    (site / "page.css").write_bytes(CSS)
+    (site / "tiny.txt").write_bytes(b"hi\n")
+    srv: Server = server_factory(site, "--hot-after", "0", "--compress")
+    c = RawClient(netns)
+    for path, value, coding, decode in (("/page.css", "gzip, deflate, br", "br", brotli.decompress),
+                                        ("/page.css", "gzip, deflate", "gzip", gzip.decompress),
+                                        ("/page.css", "deflate, gzip, br, zstd", "br", brotli.decompress),
+                                        ("/tiny.txt", "gzip, deflate, br", "", bytes)):
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {value}\r\n\r\n"
+        k = srv.kernel_hits()
+        c.send(request.encode())
+        resp = c.read_response()
+        assert srv.kernel_hits() == k + 1, (path, value)
+        _, headers, body = split_response(resp)
+        assert headers.get("content-encoding", "") == coding, (path, value)
+        assert decode(body) == (site / path.lstrip("/")).read_bytes()
+        assert without_date(user_answer(c, request)) == without_date(resp), (path, value)
+        time.sleep(0.05)
+    (site / "page.css").write_bytes(CSS.replace(b"#333", b"#555"))
+    time.sleep(1.2)
+    k = srv.kernel_hits()
+    out = netns.run(require_tool("curl"), "-sS", "--compressed", "http://127.0.0.1:8080/page.css").stdout
+    assert out.encode() == CSS.replace(b"#333", b"#555") and srv.kernel_hits() == k + 1

@@ -51,3 +51,32 @@ def test_offer_finds_siblings_inside_the_root_only(tmp_path: Path) -> None:
     assert not offer(root / "logo.png", root, True).vary           # no siblings, not a text type
     assert offer(root / "a.txt", root, True).vary                  # a text type: always Vary
     assert offer(root / "a.css", root, False) == type(o)(root / "a.css", (), False)
+
+
+def test_compressed_here_once_per_version_and_only_when_smaller(tmp_path: Path) -> None:
+    from fileserver.snapshot import MemoryCache
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "a.css").write_bytes(b"body { margin: 0; }\n" * 50)
+    (root / "a.css.gz").write_bytes(b"a sibling wins over compressing")
+    (root / "tiny.txt").write_bytes(b"hi\n")
+    cache = MemoryCache(1 << 20, 1 << 20)
+    o = offer(root / "a.css", root, True, compress=True)
+    assert o.available == ("br", "zstd", "gzip") and o.generated == ("br", "zstd")
+    coding, snap = o.snapshot(cache, "br")
+    assert coding == "br" and snap is not None and snap.validators.coding == "br"
+    assert brotli_decompress(snap.body) == (root / "a.css").read_bytes()
+    assert o.snapshot(cache, "br")[1] is snap                               # made once
+    assert o.snapshot(cache, "gzip")[1].body == b"a sibling wins over compressing"  # type: ignore[union-attr]
+    (root / "a.css").write_bytes(b"p { margin: 1px; }\n" * 50)
+    assert o.snapshot(cache, "br")[1] is not snap                           # a new version, compressed again
+    tiny = offer(root / "tiny.txt", root, True, compress=True)
+    assert tiny.snapshot(cache, "br") == ("", cache.get(root / "tiny.txt"))  # not smaller: the file itself
+    assert offer(root / "logo.png", root, True, compress=True).generated == ()
+
+
+def brotli_decompress(data: bytes) -> bytes:
+    import brotli
+
+    return bytes(brotli.decompress(data))

@@ -49,6 +49,11 @@ def snapshot(tmp_path: Path, body: bytes, mtime_ns: int, coding: str = "") -> di
     return {coding: Snapshot(tmp_path / "a.txt", Validators(len(body), mtime_ns, 1, 1, coding=coding), body)}
 
 
+def reps(snaps: dict[str, Snapshot]) -> tuple[dict[str, Snapshot], dict[str, str]]:
+    """As KernelCache._representations gives them: each coding called for is sent as itself."""
+    return snaps, {c: c for c in snaps}
+
+
 def plain(tmp_path: Path) -> Offer:
     return Offer(tmp_path / "a.txt", (), False)
 
@@ -56,9 +61,9 @@ def plain(tmp_path: Path) -> Offer:
 def test_replaced_bodies_are_kept_for_resends_then_deleted(tmp_path: Path) -> None:
     dp = FakeDatapath(capacity=8)
     cache = KernelCache(dp, Resolver(tmp_path), None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
-    assert cache._push("/a.txt", plain(tmp_path), snapshot(tmp_path, b"one", 1), "hot")
+    assert cache._push("/a.txt", plain(tmp_path), reps(snapshot(tmp_path, b"one", 1)), "hot")
     first = dp.refs["/a.txt"]
-    assert cache._push("/a.txt", plain(tmp_path), snapshot(tmp_path, b"two", 2), "modified")
+    assert cache._push("/a.txt", plain(tmp_path), reps(snapshot(tmp_path, b"two", 2)), "modified")
     second = dp.refs["/a.txt"]
     assert second != first and dp.bodies[0] == {first, second}  # the old one stays for a while
     assert cache.reap(time.monotonic()) == 0
@@ -74,7 +79,7 @@ def test_retired_bodies_give_way_when_the_map_is_full(tmp_path: Path) -> None:
     dp = FakeDatapath(capacity=2)
     cache = KernelCache(dp, Resolver(tmp_path), None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
     for version in range(1, 6):
-        assert cache._push("/a.txt", plain(tmp_path), snapshot(tmp_path, b"v%d" % version, version), "modified")
+        assert cache._push("/a.txt", plain(tmp_path), reps(snapshot(tmp_path, b"v%d" % version, version)), "modified")
         assert len(dp.bodies[0]) <= 2 and dp.refs["/a.txt"] in dp.bodies[0]
 
 
@@ -83,7 +88,7 @@ def test_each_accept_encoding_form_points_at_the_representation_userspace_picks(
     cache = KernelCache(dp, Resolver(tmp_path), None, Config(root=tmp_path), lambda: "Sun, 22 Nov 2026 00:00:00 GMT")  # type: ignore[arg-type]
     choice = Offer(tmp_path / "a.txt", ("br", "gzip"), True)
     snaps = {**snapshot(tmp_path, b"plain", 1), **snapshot(tmp_path, b"b", 1, "br"), **snapshot(tmp_path, b"g", 1, "gzip")}
-    assert cache._push("/a.txt", choice, snaps, "hot")
+    assert cache._push("/a.txt", choice, reps(snaps), "hot")
     entry = cache.entries["/a.txt"]
     ids = {"": entry.body_id, **{c: i for c, (_, i) in zip(("br", "gzip"), entry.coded)}}
     assert dp.refs["/a.txt"] == ids[""] and dp.bodies[0] == set(ids.values())
