@@ -93,7 +93,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
                 return PASS_TOO_BIG;                /* (the skb is intact: the socket gets it all) */
             }
         }
-        record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back);
+        record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back, 1);
         cs->resp_id = ctx->ref.id;
         cs->resp_cls = ctx->ref.cls;
         cs->resp_kind = kind;
@@ -154,7 +154,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
 
     store_tcp_csum(skb, l3, psum, (__u64)hsum + body_csum + dsum, 0, 0, NULL);
 
-    record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back);
+    record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back, 1);
     conn_release(cs);
     skb->mark = KERNEL_MARK;
     return FS_REDIRECT;
@@ -216,6 +216,111 @@ static __always_inline int answer_request(struct __sk_buff *skb, struct answer_c
 {
     struct body_hdr *h = class_body(cls, &ctx->ref.id);
     return h ? answer_from(skb, ctx, rb, cs, clk, h, body_data(h), class_size(cls)) : PASS_CACHE_RACE;
+}
+
+/* ---- Pipelined requests answered together ---------------------------------------------------- */
+
+/* Write item ctx->item of a batch of pipelined requests (answer_ctx.items, all hits: handle_parse)
+ * from its body, of size class cls, into the one segment that answers them all, at the item's
+ * offset. The first item also checks the whole answer fits the client's window and one segment,
+ * claims the connection (conn_sync.h), and turns the skb into the answer's headers; the last sums
+ * the segment, records the answer as one, to the whole segment, and sends it. Recovery is then the
+ * one of a one-segment answer: a client that lacks it sends the segment again, all its requests,
+ * and they are answered again (or passed, undone, to userspace). Returns FS_ANSWER_BATCH (the next
+ * item's sender follows), FS_REDIRECT (sent), FS_DROP (the skb was changed and something failed:
+ * the claim is released and the client sends the segment again), or, for the first item only,
+ * FS_RACE or a pass reason (nothing changed: the segment passes whole). */
+static __always_inline int send_batch_item(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs,
+                                           struct clock *clk, const int cls)
+{
+    struct pkt *p = &ctx->p;
+    __u32 k = ctx->item;
+    if (k >= ctx->n_items || k >= MAX_BATCH)
+        return k ? FS_DROP : PASS_CACHE_RACE;
+    struct batch_item *it = &ctx->items[k & (MAX_BATCH - 1)];
+    struct body_hdr *h = class_body(cls, &it->id);
+    const __u32 size = class_size(cls) - NM_REGION;
+    __u32 rlen = 0, hx = 0, date_off = 0, extra = variant_extra(it->variant);
+    int fits = 0;
+    if (h) {
+        rlen = it->is_head ? h->head_len : h->len;
+        hx = h->head_len - 2;
+        date_off = h->date_off;
+        /* (the lengths handle_parse summed came from the entry: they must be this body's) */
+        fits = rlen + extra == it->len && rlen >= date_off + DATE_SLOT_LEN && rlen <= size &&
+               date_off <= MAX_DATE_SLOT_OFFSET &&
+               (!extra || (hx >= date_off + DATE_SLOT_LEN && hx <= rlen && hx < CHUNK));
+    }
+    __u32 thl = tcp_hdr_len(p->has_ts);
+    __u32 l3 = ip_hlen(p);
+    __u32 poff = ETH_HLEN_ + l3 + thl;
+    if (k == 0) {
+        if (!fits)
+            return PASS_CACHE_RACE;
+        __u32 total = ctx->batch_total;
+        __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
+        if (total > win)
+            return PASS_WINDOW;
+        if (total > seg_payload(skb, cs, l3, thl) || poff + total > MAX_FRAME)
+            return PASS_PIPELINED;                  /* several segments: userspace's, for now */
+        if (!conn_claim(cs, ctx->version))
+            return FS_RACE;
+        struct resp_hdrs hd = {};
+        int acked = 0;
+        if (cs->flags & CONN_SOCK_ACK) {            /* as for one request: send_body */
+            acked = ack_the_socket(skb, p, cs, &hd);
+            __builtin_memset(&hd, 0, sizeof(hd));
+        }
+        ctx->ack_seq = bpf_htonl(bpf_ntohl(p->tcp.seq) + p->payload_len);
+        ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
+        ctx->tsecr = p->tsval;
+        segment_hdrs(&hd, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);
+        __u32 psum;
+        ctx->batch_sum = header_sum(&hd, p->v6, p->has_ts, total, &psum);
+        ctx->batch_psum = psum;
+        if (bpf_skb_change_tail(skb, poff + total, 0) < 0) {
+            ctx->version = conn_release(cs);        /* (so the pass that follows can claim) */
+            COUNT_ERR(ERR_CHANGE_TAIL);
+            return acked ? FS_DROP : PASS_TOO_BIG;
+        }
+        if (store_hdrs(skb, &hd, p->v6, p->has_ts)) {
+            conn_release(cs);
+            COUNT_ERR(ERR_STORE);
+            return FS_DROP;
+        }
+    } else if (!fits) {
+        conn_release(cs);
+        COUNT(races);
+        return FS_DROP;
+    }
+    __u32 off = it->off;
+    CLAMP_MAX(off, MAX_FRAME);
+    __u8 *full = body_data(h) + NM_REGION;
+    if (store_variant(skb, poff + off, full, rlen, hx, it->variant, extra, clk->date, date_off, size)) {
+        conn_release(cs);
+        COUNT_ERR(ERR_STORE);
+        return FS_DROP;
+    }
+    /* Each answer's stored sum is of its bytes from an even offset; one at an odd offset of the
+     * payload lands byte-swapped (csum_at_odd), and so does its Date slot. */
+    __u32 bsum = it->is_head ? variant_csum(h, KIND_HEAD, it->variant, h->head_csum)
+                             : variant_csum(h, KIND_FULL, it->variant, h->csum);
+    __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)clk->date, DATE_SLOT_LEN, 0);
+    if (off & 1)
+        bsum = csum_at_odd(bsum);
+    if ((off + date_off) & 1)
+        dsum = csum_at_odd(dsum);
+    ctx->batch_sum += (__u64)bsum + dsum;
+    if (k + 1 < ctx->n_items) {
+        ctx->item = k + 1;
+        return FS_ANSWER_BATCH;
+    }
+    store_tcp_csum(skb, l3, ctx->batch_psum, ctx->batch_sum, 0, 0, NULL);
+    record_answer(cs, bpf_ntohl(p->tcp.seq), p->payload_len, ctx->batch_total, it->variant, ctx->rolled_back,
+                  ctx->n_items);
+    conn_release(cs);
+    skb->mark = KERNEL_MARK;
+    return FS_REDIRECT;
 }
 
 /* ---- Answers of several segments ------------------------------------------------------------ */

@@ -233,10 +233,11 @@ static __always_inline void undo_answer(struct conn_state *cs)
  * the segment called for (recover_answer) comes first, in the same change. The caller holds the
  * claim (conn_sync.h). */
 static __always_inline void record_answer(struct conn_state *cs, __u32 req_seq, __u32 req_len, __u32 total,
-                                          __u32 variant, int undo)
+                                          __u32 variant, int undo, __u32 items)
 {
     if (undo)
         undo_answer(cs);
+    cs->last_items = items;
     cs->last_req_seq = req_seq;
     cs->last_req_len = req_len;
     cs->last_resp_len = total;

@@ -125,6 +125,9 @@ _Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS <= MAX_TAIL_CALLS, "a longest requ
  * ETAG_MAX ("<16 hex digits>-<16 hex digits>" in quotes is 36). */
 #define NM_REGION 256
 #define ETAG_MAX 48
+/* Pipelined requests in one segment the kernel answers together, in one segment (DESIGN.md). */
+#define MAX_BATCH 8
+
 /* The Accept-Encoding values the kernel knows (parse_http.h's ae_form, fileserver/abi.py's AE_FORMS). */
 #define NR_AE_FORMS 8
 /* The longest If-None-Match value the kernel reads (a few entity-tags; longer: userspace). */

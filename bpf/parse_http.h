@@ -187,8 +187,7 @@ static __always_inline int parse_window(struct req_buf *rb, __u32 stage)
             if (c == '\r') {
                 if (b[i + 1] != '\n')
                     return i + 1 == len ? PASS_SPLIT : PASS_MALFORMED;
-                if (i + 2 != len)
-                    return PASS_PIPELINED;
+                rb->req_end = i + 2;                        /* more may follow: pipelined */
                 /* llhttp (aiohttp) rejects an HTTP/1.1 request without Host (HTTP/1.0 needs none). */
                 return *(volatile __u32 *)&rb->host_seen || *(volatile __u32 *)&rb->http10 ? FS_CONTINUE : PASS_MALFORMED;
             }
@@ -247,20 +246,23 @@ static __always_inline int parse_window(struct req_buf *rb, __u32 stage)
     return FS_PARSE;
 }
 
-/* Copy the request (the segment's payload, which starts a request: checked by the caller) into
- * the scratch buffer for the parse stages and reset their state. Returns FS_PARSE, or
- * PASS_TOO_LONG for a request longer than the kernel parses. */
-static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, struct req_buf *rb)
+/* Copy the request at `base` of the segment's payload (0: the first, which starts the payload:
+ * checked by the caller; more: pipelined behind it) into the scratch buffer for the parse stages
+ * and reset their state. Returns FS_PARSE, or PASS_TOO_LONG for a segment longer than the kernel
+ * parses. */
+static __always_inline int load_request(struct __sk_buff *skb, struct pkt *p, struct req_buf *rb, __u32 base)
 {
-    __u32 plen = p->payload_len;
-    if (plen > MAX_REQ)
+    if (p->payload_len > MAX_REQ || base >= p->payload_len)
         return PASS_TOO_LONG;
+    __u32 plen = p->payload_len - base;
     asm volatile("" : "+r"(plen));
     plen &= REQ_MASK | MAX_REQ;                     /* verifier: plen <= 2 * MAX_REQ - 1 ... */
     if (plen == 0 || plen > MAX_REQ)                /* ... and then <= MAX_REQ */
         return PASS_TOO_LONG;
-    if (bpf_skb_load_bytes(skb, p->payload_off, rb->b, plen) < 0)
+    if (bpf_skb_load_bytes(skb, p->payload_off + base, rb->b, plen) < 0)
         return PASS_TOO_LONG;
+    rb->base = base;
+    rb->req_end = 0;
     __u64 end = plen;
     CLAMP_MAX(end, MAX_REQ);
     rb->b[end] = 0;                                 /* the sentinel parse_window stops at */

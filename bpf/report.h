@@ -33,34 +33,58 @@ static __always_inline void count_if(struct __sk_buff *skb, int egress)
     }
 }
 
-/* An answer is going out (recorded in cs->last_*): count it as a hit, or as an answer sent again
- * for a retransmitted request (again), and note the entry's hit for eviction. */
-static __always_inline void count_answer(struct path_key *path, struct conn_state *cs, int again)
+/* An answer to n requests is going out (recorded in cs->last_*), in place of an undone one to
+ * `undone` requests (0: none) that the client sent again: each request counts as a hit once, and
+ * those answered again as retransmits. */
+static __always_inline void count_requests(struct conn_state *cs, __u32 n, __u32 undone)
+{
+    int zero = 0;
+    struct counters *c = counters.lookup(&zero);
+    if (!c)
+        return;
+    c->hits += n - undone;                          /* (a batch sent again may be answered as fewer) */
+    c->retransmits += n < undone ? n : undone;
+    if (!undone)
+        c->hit_bytes += cs->last_resp_len;
+}
+
+/* An answer is going out: count it (count_requests), and note the entry's hit for eviction. */
+static __always_inline void count_answer(struct path_key *path, struct conn_state *cs, __u32 undone)
 {
     struct cache_ref *ref = file_cache.lookup(path);
     if (ref) {
         ref->last_hit_ns = bpf_ktime_get_ns();
         __sync_fetch_and_add(&ref->hits, 1);
     }
-    int zero = 0;
-    struct counters *c = counters.lookup(&zero);
-    if (!c)
-        return;
-    if (again) {
-        c->retransmits++;
-    } else {
-        c->hits++;
-        c->hit_bytes += cs->last_resp_len;
-    }
+    count_requests(cs, 1, undone);
 }
 
-/* The answer counted as a hit was undone and its request passes to userspace after all. */
-static __always_inline void uncount_hit(void)
+/* The answer counted as hits (n: the requests it answered) was undone and its requests pass to
+ * userspace after all. */
+static __always_inline void uncount_hit(__u32 n)
 {
     int zero = 0;
     struct counters *c = counters.lookup(&zero);
     if (c)
-        c->hits--;
+        c->hits -= n;
+}
+
+/* An answer to several pipelined requests is going out (answer.h: send_batch_item): count each,
+ * as count_answer does one. */
+static __always_inline void count_batch(struct answer_ctx *ctx, struct conn_state *cs, __u32 undone)
+{
+    __u32 n = ctx->n_items;
+#pragma unroll
+    for (int k = 0; k < MAX_BATCH; k++) {
+        if (k < n) {
+            struct cache_ref *ref = file_cache.lookup(&ctx->batch_keys[k]);
+            if (ref) {
+                ref->last_hit_ns = bpf_ktime_get_ns();
+                __sync_fetch_and_add(&ref->hits, 1);
+            }
+        }
+    }
+    count_requests(cs, n, undone);
 }
 
 /* Tell userspace about a connection the kernel ended (close_events: it wakes a reader thread). */

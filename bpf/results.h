@@ -19,6 +19,8 @@ enum fs_result {
     FS_NO_REQUEST,
     /* Drop the client's segment: it sends it again once it has the kernel's answer. */
     FS_HOLD,
+    /* Every one of several pipelined requests can be answered: the senders write them in turn. */
+    FS_ANSWER_BATCH,
     /* A multi-segment answer was recorded: the segment sender sends its segments. */
     FS_ANSWER_SEGMENTS,
     /* answer_ctx says which segments of the last answer, or its pure ACK, the segment sender sends. */

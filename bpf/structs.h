@@ -14,11 +14,12 @@ struct path_key {
 struct body_ref {
     __u32 id;               /* 0: none (userspace answers) */
     __u32 cls;              /* size class 0..NR_CLASSES-1 */
+    __u32 len;              /* its 200 (body_hdr.len) and its head (head_len): what a pipelined */
+    __u32 head_len;         /* request's answer takes, known before the body is looked up */
 };
 
 struct cache_ref {
-    __u32 id;               /* the answer to a request without Accept-Encoding */
-    __u32 cls;              /* size class 0..NR_CLASSES-1 */
+    struct body_ref plain;  /* the answer to a request without Accept-Encoding */
     __u64 last_hit_ns;      /* written by the kernel on each answer: userspace evicts the least recent */
     __u64 hits;             /* answers sent from this entry (for `fileserver stats`' hot files) */
     /* The answer to each Accept-Encoding value the kernel knows (ae_form() n at [n - 1]): the
@@ -84,7 +85,7 @@ struct conn_state {
     __u64 last_seen_ns;     /* bpf_ktime_get_ns of the last segment (userspace GC) */
     __u16 server_win;       /* last window field the server sent (already scaled) */
     __u8 client_wscale;     /* client's window scale shift (from its SYN) */
-    __u8 pad;
+    __u8 last_items;        /* requests the last answer answered (several: pipelined) */
     __u32 srv_isn1;         /* the server socket's first data sequence number (ISN + 1; its own view) */
     __u32 srv_tsval;        /* newest TSval sent on the connection, by the socket or the kernel
                              * (host order; valid with CONN_TS_SEEN) */
@@ -192,18 +193,31 @@ struct req_buf {
     __u32 line_start;           /* where the current line starts */
     __u32 http10;               /* the request line said HTTP/1.0 */
     __u32 conn_hdr;             /* Connection header: 0 none, CONN_HDR_KEEP or CONN_HDR_CLOSE */
+    __u32 req_end;              /* where the request parsed ends (its final CRLF's end) */
+    __u32 base;                 /* where b starts in the segment's payload (pipelined requests) */
     struct path_key key;        /* the path, built by the parser (here, not on the stack: stack
                                  * slots half zero, half written multiply verifier states) */
     __u8 b[MAX_REQ + NAME_PEEK + 16];
+};
+
+/* One of several pipelined requests answered together. */
+struct batch_item {
+    __u32 id;                   /* its body, of size class cls */
+    __u32 cls;
+    __u32 len;                  /* its answer's bytes (the variant's header line included) */
+    __u32 off;                  /* where its answer starts in the segment's payload */
+    __u32 variant;              /* VAR_* */
+    __u32 is_head;
 };
 
 /* What fs_ingress learnt about the segment, for the programs it tail-calls. */
 struct answer_ctx {
     struct pkt p;
     struct conn_key key;
-    struct cache_ref ref;
+    struct body_ref ref;        /* the body that answers */
     __u64 version;              /* the connection's conn_sync.h version when fs_ingress began */
     int rolled_back;
+    __u32 undone_items;         /* if rolled_back: requests the undone answer answered */
     int is_head;                /* answer with the headers only */
     __u32 inm_pos;              /* If-None-Match value in the request buffer, 0 if none */
     __u32 ims_pos;              /* If-Modified-Since value in the request buffer, 0 if none */
@@ -218,6 +232,16 @@ struct answer_ctx {
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
     __u32 probe;                /* the tail probe is being sent (answer.h: send_segment) */
     struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
+    /* Pipelined requests answered together (answer.h: send_batch): items[0, n_items), their
+     * answers concatenated into one segment of batch_total bytes, written by one fs_send<cls> per
+     * item in turn (`item`: the next), which sum their bytes into batch_sum. */
+    __u32 n_items;
+    __u32 item;
+    __u32 batch_total;
+    __u32 batch_psum;           /* the pseudo-header's sum (store_tcp_csum) */
+    __u64 batch_sum;
+    struct batch_item items[MAX_BATCH];
+    struct path_key batch_keys[MAX_BATCH];  /* their paths, for the entries' hit counts */
 };
 
 /* fs_egress's segment and key (off its stack, which would overflow). */

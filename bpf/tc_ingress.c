@@ -78,7 +78,10 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     if (cs->out_ifindex != skb->ifindex)
         return PASS_ROUTE;
     ctx->rolled_back = *rolled_back;
-    return load_request(skb, p, rb);
+    ctx->undone_items = *rolled_back ? cs->last_items : 0;
+    ctx->n_items = 0;                               /* (no pipelined requests so far) */
+    ctx->batch_total = 0;
+    return load_request(skb, p, rb, 0);
 }
 
 static __always_inline int new_bytes(struct pkt *p, struct conn_state *cs)
@@ -115,7 +118,7 @@ static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, str
         return FS_DROP;
     }
     if (rolled_back)
-        uncount_hit();                              /* the earlier answer was undone: userspace answers */
+        uncount_hit(cs->last_items);                /* the earlier answer was undone: userspace answers */
     if (r != FS_NO_REQUEST)
         COUNT_PASS(r);
     /* (for back_to_kernel; a plain store: two CPUs passing data of one connection at once can
@@ -228,7 +231,40 @@ static __always_inline int load_context(struct tail_ctx *t)
     return t->cs ? 0 : -1;      /* (gone only once both FINs are acknowledged: nothing is left to answer) */
 }
 
-/* fs_parse: scan one window of the request; then itself for the next window, or the sender. */
+/* One of several pipelined requests (ref: its entry, b: the body its Accept-Encoding calls for)
+ * joins the batch answered together. Returns FS_PARSE when another request follows (loaded for
+ * the next fs_parse), FS_ANSWER_BATCH once the last is in, or the pass reason for the whole
+ * segment: a segment with one request the kernel cannot answer goes to userspace whole, in order. */
+static __always_inline int add_to_batch(struct __sk_buff *skb, struct req_buf *rb, struct answer_ctx *ctx,
+                                        struct body_ref *b, int more)
+{
+    __u32 n = ctx->n_items;
+    /* (conditionals are compared against the request bytes, which the next request replaces) */
+    if (n >= MAX_BATCH || rb->inm_pos || rb->ims_pos)
+        return PASS_PIPELINED;
+    if (!b->id)
+        return PASS_MISS;
+    __u32 variant = request_variant(rb);
+    /* After an answer that ends the connection aiohttp reads nothing more: userspace's. */
+    if (more && (variant == VAR_CLOSE11 || variant == VAR_CLOSE10))
+        return PASS_PIPELINED;
+    struct batch_item *it = &ctx->items[n & (MAX_BATCH - 1)];
+    it->id = b->id;
+    it->cls = b->cls;
+    it->is_head = rb->path_start == 5;
+    it->variant = variant;
+    it->len = (it->is_head ? b->head_len : b->len) + variant_extra(variant);
+    it->off = ctx->batch_total;
+    ctx->batch_total += it->len;
+    __builtin_memcpy(&ctx->batch_keys[n & (MAX_BATCH - 1)], &rb->key, sizeof(rb->key));
+    ctx->n_items = n + 1;
+    if (!more)
+        return FS_ANSWER_BATCH;
+    return load_request(skb, &ctx->p, rb, rb->base + rb->req_end);
+}
+
+/* fs_parse: scan one window of the request; then itself for the next window (or the next of
+ * several pipelined requests), or the sender. */
 static __always_inline int handle_parse(struct __sk_buff *skb)
 {
     struct tail_ctx t;
@@ -251,20 +287,31 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
     if (r == FS_CONTINUE) {
         struct cache_ref *ref = file_cache.lookup(&rb->key);
         if (ref) {
-            ctx->ref = *ref;
-            if (form > 0) {
-                struct body_ref *b = &ref->by_form[(form - 1) & (NR_AE_FORMS - 1)];
+            struct body_ref *b = form > 0 ? &ref->by_form[(form - 1) & (NR_AE_FORMS - 1)] : &ref->plain;
+            int more = rb->req_end < rb->len;
+            if (more || ctx->n_items) {
+                r = add_to_batch(skb, rb, ctx, b, more);
+                if (r == FS_PARSE) {
+                    progs.call(skb, PROG_PARSE0);
+                    r = PASS_TOO_LONG;
+                } else if (r == FS_ANSWER_BATCH) {
+                    ctx->item = 0;
+                    __u32 cls = ctx->items[0].cls;
+                    progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
+                    r = PASS_CACHE_RACE;
+                }
+            } else {
                 ctx->ref.id = b->id;
                 ctx->ref.cls = b->cls;
+                ctx->is_head = rb->path_start == 5;
+                ctx->inm_pos = rb->inm_pos;
+                ctx->ims_pos = rb->ims_pos;
+                ctx->variant = request_variant(rb);
+                __u32 cls = ctx->ref.cls;
+                if (ctx->ref.id)                    /* (0: that coding's body is userspace's) */
+                    progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
+                r = ctx->ref.id ? PASS_CACHE_RACE : PASS_MISS;
             }
-            ctx->is_head = rb->path_start == 5;
-            ctx->inm_pos = rb->inm_pos;
-            ctx->ims_pos = rb->ims_pos;
-            ctx->variant = request_variant(rb);
-            __u32 cls = ctx->ref.cls;
-            if (ctx->ref.id)                        /* (0: that coding's body is userspace's) */
-                progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
-            r = ctx->ref.id ? PASS_CACHE_RACE : PASS_MISS;
         } else {
             r = PASS_MISS;
         }
@@ -285,11 +332,30 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
     struct clock *clk = clock.lookup(&zero);
     if (!clk)
         return FS_PASS;
+    if (ctx->n_items) {                             /* pipelined requests: one item per call */
+        int r = send_batch_item(skb, ctx, cs, clk, cls);
+        if (r == FS_ANSWER_BATCH) {
+            __u32 next = ctx->items[ctx->item & (MAX_BATCH - 1)].cls;
+            progs.call(skb, PROG_SEND0 + (next < NR_CLASSES ? next : 0));
+            conn_release(cs);                       /* (the tail call failed: the skb is half written) */
+            return FS_DROP;
+        }
+        if (r == FS_REDIRECT) {
+            if (cs->flags & CONN_CLOSING)
+                tell_close(&ctx->key, CLOSE_WANTED);
+            count_batch(ctx, cs, ctx->undone_items);
+            return FS_REDIRECT;
+        }
+        if (r == FS_DROP)
+            return FS_DROP;
+        struct pkt p = ctx->p;
+        return finish_pass(skb, &p, cs, r, ctx->rolled_back, ctx->version);
+    }
     int r = answer_request(skb, ctx, t.rb, cs, clk, cls);
     if (r == FS_REDIRECT || r == FS_ANSWER_SEGMENTS) {
         if (cs->flags & CONN_CLOSING)
             tell_close(&ctx->key, CLOSE_WANTED);
-        count_answer(&t.rb->key, cs, ctx->rolled_back);
+        count_answer(&t.rb->key, cs, ctx->undone_items);
         if (r == FS_ANSWER_SEGMENTS) {
             call_segment_sender(skb, cls);
             return FS_DROP;                         /* no tail call: as if lost, and recovered alike */

@@ -143,8 +143,8 @@ BODY_HDR_FIELDS = ("len", "csum", "head_len", "head_csum", "nm_len", "nm_csum", 
 # takes an assignment to a misspelt field silently, so the names are checked against the C).
 STRUCT_FIELDS_USED = {
     "path_key": ("path",),
-    "cache_ref": ("id", "cls", "last_hit_ns", "hits", "by_form"),
-    "body_ref": ("id", "cls"),
+    "cache_ref": ("plain", "last_hit_ns", "hits", "by_form"),
+    "body_ref": ("id", "cls", "len", "head_len"),
     "conn_state": ("delta_in", "last_seen_ns"),
     "user_idle": ("consumed", "written"),
     "clock": ("updated_ns", "date"),

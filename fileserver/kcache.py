@@ -31,7 +31,7 @@ from pathlib import Path
 from fileserver.abi import AE_FORMS, DATE_SLOT_OFFSET
 from fileserver.config import Config
 from fileserver.encoding import Offer, offer, sibling_names
-from fileserver.maps import Maps
+from fileserver.maps import NO_BODY, BodyRef, Maps
 from fileserver.http_semantics import Validators, not_found_response, not_modified_head, response_head
 from fileserver.resolve import INDEX_FILE, Outcome, Resolver, canonical_spelling, decode_path, is_canonical
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
@@ -306,8 +306,8 @@ class KernelCache:
                 self._next_id = (self._next_id % 0xFFFFFFFF) + 1
                 self._put_body(b.cls, body_id, b.response, b.head_len, b.not_modified, b.etag, b.date_slot)
                 placed.append((b.cls, body_id))
-            forms = [(placed[i][1], placed[i][0]) if i >= 0 else (0, 0) for i in by_form]
-            self.maps.set_ref(url_path, placed[0][1], placed[0][0], forms)
+            refs = [BodyRef(body_id, cls, len(b.response), b.head_len) for (cls, body_id), b in zip(placed, bodies)]
+            self.maps.set_ref(url_path, refs[0], [refs[i] if i >= 0 else NO_BODY for i in by_form])
         except Exception as e:  # bcc raises plain Exception for a full map
             log.debug("could not push %s to the kernel cache: %s", url_path, e)
             for cls, body_id in placed:

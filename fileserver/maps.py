@@ -14,6 +14,7 @@ import itertools
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fileserver.abi import (
     BODY_MAPS,
@@ -35,6 +36,17 @@ from fileserver.abi import (
 )
 from fileserver.bpf_build import MAPS_SOURCE, compile_text, expand_source, rename_maps
 from fileserver.http_semantics import as_variant
+
+class BodyRef(NamedTuple):
+    """struct body_ref: a body, its class, and the lengths of its 200 and of its head."""
+
+    id: int
+    cls: int
+    len: int
+    head_len: int
+
+
+NO_BODY = BodyRef(0, 0, 0, 0)   # a form whose answer is userspace's
 
 # bcc's exported tables live in one process-wide registry keyed by name, and exporting a name again
 # keeps the first (closed) entry: every map set after the first in a process gets its own names.
@@ -181,17 +193,14 @@ class Maps:
         with contextlib.suppress(KeyError):
             del self.bodies[cls][ct.c_uint(body_id)]
 
-    def set_ref(self, url_path: str, body_id: int, cls: int, by_form: list[tuple[int, int]] | None = None) -> None:
-        """Point url_path at body_id (the answer without Accept-Encoding) and by_form[n], (id,
-        class), at the answer to AE_FORMS[n] (id 0: userspace's); by default the same body."""
+    def set_ref(self, url_path: str, plain: BodyRef, by_form: list[BodyRef] | None = None) -> None:
+        """Point url_path at `plain` (the answer without Accept-Encoding) and by_form[n] at the
+        answer to AE_FORMS[n] (id 0: userspace's); by default the same body."""
         leaf = self.file_cache.Leaf()
-        leaf.id = body_id
-        leaf.cls = cls
         leaf.last_hit_ns = 0
         leaf.hits = 0
-        for n, (form_id, form_cls) in enumerate(by_form or [(body_id, cls)] * NR_AE_FORMS):
-            leaf.by_form[n].id = form_id
-            leaf.by_form[n].cls = form_cls
+        for ref, target in zip([plain, *(by_form or [plain] * NR_AE_FORMS)], [leaf.plain, *leaf.by_form]):
+            target.id, target.cls, target.len, target.head_len = ref
         self.file_cache[self._path_key(url_path)] = leaf
 
     def delete_ref(self, url_path: str) -> None:

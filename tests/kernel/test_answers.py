@@ -287,7 +287,7 @@ def test_ineligible_requests_pass_to_userspace(netns: NetNS, site: Path, server_
         "conditional": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
         "body": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
         "escaped": b"GET http://x/hot.txt HTTP/1.1\r\nHost: x\r\n\r\n",
-        "pipelined": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        "pipelined": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /hot.txt HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"x\"\r\n\r\n",
         "miss": b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
         "malformed": b"GET /hot.txt HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
     }

@@ -10,6 +10,7 @@ from fileserver.config import Config
 from fileserver.encoding import Offer
 from fileserver.http_semantics import Validators
 from fileserver.kcache import RESEND_GRACE_S, KernelCache
+from fileserver.maps import BodyRef
 from fileserver.resolve import Resolver
 from fileserver.snapshot import Snapshot
 
@@ -34,9 +35,9 @@ class FakeDatapath:
     def delete_body(self, cls: int, body_id: int) -> None:
         self.bodies[cls].discard(body_id)
 
-    def set_ref(self, url_path: str, body_id: int, cls: int, by_form: list[tuple[int, int]] | None = None) -> None:
-        self.refs[url_path] = body_id
-        self.forms[url_path] = by_form or []
+    def set_ref(self, url_path: str, plain: BodyRef, by_form: list[BodyRef] | None = None) -> None:
+        self.refs[url_path] = plain.id
+        self.forms[url_path] = [(r.id, r.cls) for r in by_form or []]
 
     def delete_ref(self, url_path: str) -> None:
         self.refs.pop(url_path, None)
