@@ -150,11 +150,14 @@ class KernelCache:
             rel = os.path.relpath(dirpath, self.resolver.root)
             base = "/" if rel == "." else "/" + rel.replace(os.sep, "/") + "/"
             for name in sorted(filenames):
-                urls = [canonical_spelling(u) for u in [base + name] + ([base] if name == INDEX_FILE else [])]
+                try:
+                    urls = [canonical_spelling(u) for u in [base + name] + ([base] if name == INDEX_FILE else [])]
+                except UnicodeEncodeError:
+                    continue  # a name that is not UTF-8: no URL spells it, userspace 404s it
                 for url in urls:
                     if len(self.entries) >= self.config.kernel_cache_entries:
                         return pushed
-                    if is_canonical(url) and self.refresh(url, cause="hot"):
+                    if is_canonical(url) and self.refresh(url, cause="hot"):  # (canonical: UTF-8 names only)
                         pushed += 1
         return pushed
 
@@ -186,7 +189,11 @@ class KernelCache:
             if entry is not None and entry.file == resolved.path and \
                     entry.variants == {c: s.validators for c, s in snaps.items()}:
                 return True
-            return self._push(url_path, choice, reps, cause=cause)
+            if self._push(url_path, choice, reps, cause=cause):
+                return True
+        # Not pushed (a full map, a 304 over its region): the old version must not stay.
+        self.drop(url_path)
+        return False
 
     def _representations(self, choice: Offer) -> tuple[dict[str, Snapshot], dict[str, str]] | None:
         """The snapshot of every representation some request may get (the file itself, and what
