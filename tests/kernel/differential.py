@@ -125,11 +125,12 @@ def mutate(rng: random.Random) -> bytes:
 @dataclass
 class LlhttpView:
     ok: bool
-    answerable: bool  # what the kernel may answer: one GET/HEAD, HTTP/1.x, no body, no upgrade
+    answerable: bool  # what the kernel may answer: GET/HEAD, HTTP/1.x, no body, no upgrade (each one)
     detail: str
     path: str = ""  # as llhttp (and yarl) read it, query left out
     version: tuple[int, int] = (1, 1)
     should_close: bool = False
+    messages: int = 1  # complete requests in the data (several: pipelined, which the kernel answers all of)
 
     def expected_head_marks(self) -> tuple[bytes, bytes | None]:
         """The status line's start and the Connection header aiohttp answers this reading with."""
@@ -153,17 +154,20 @@ def llhttp(data: bytes) -> LlhttpView:
             messages, upgraded, tail = parser.feed_data(data)
         except Exception as e:  # BadHttpMessage and friends
             return LlhttpView(False, False, f"rejected: {type(e).__name__}")
-        if len(messages) != 1 or upgraded or tail:
+        if not messages or upgraded or tail:
             return LlhttpView(True, False, f"{len(messages)} messages, tail {tail!r}")
-        msg = messages[0][0]
-        body_less = msg.headers.get("Content-Length") in (None,) and not msg.chunked
-        answerable = (
-            msg.method in ("GET", "HEAD")
-            and msg.version in ((1, 0), (1, 1))
-            and body_less
-            and not msg.upgrade
+        # Pipelined requests may all be answered, in order, if each could be alone and none but
+        # the last ends the connection (aiohttp reads nothing after it).
+        answerable = all(
+            m.method in ("GET", "HEAD")
+            and m.version in ((1, 0), (1, 1))
+            and m.headers.get("Content-Length") is None and not m.chunked
+            and not m.upgrade
+            and (i == len(messages) - 1 or not m.should_close)
+            for i, (m, _) in enumerate(messages)
         )
-        return LlhttpView(True, answerable, f"{msg.method} {msg.path} {msg.version}", msg.url.path,
-                          tuple(msg.version), bool(msg.should_close))
+        msg = messages[0][0]
+        return LlhttpView(True, answerable, f"{msg.method} {msg.path} {msg.version} (+{len(messages) - 1})", msg.url.path,
+                          tuple(msg.version), bool(msg.should_close), len(messages))
     finally:
         loop.close()
