@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def exchange(ns: NetNS, request: bytes, port: int = 8080, host: str = "127.0.0.1
         closed = False
     c.close()
     return resp, closed
+
+
+def user_answer(srv: Server, c: RawClient, request: str, head_only: bool = False) -> bytes:
+    """Userspace's answer to request: sent behind a miss in the same segment (a pipelined segment
+    with a miss is userspace's whole), for a path never asked for before (one missed before may be
+    a negative entry by now, which the kernel answers); checked on userspace's counter."""
+    user = srv.user_hits()
+    c.send(f"GET /never-{uuid.uuid4().hex} HTTP/1.1\r\nHost: x\r\n\r\n{request}".encode())
+    assert c.read_response().startswith(b"HTTP/1.1 404")
+    answer = c.read_response(head_only=head_only)
+    assert srv.user_hits() == user + 2, "the kernel answered what was meant for userspace"
+    return answer
 
 
 def closing_fetches(ns: NetNS, host: str, n: int) -> None:

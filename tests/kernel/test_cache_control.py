@@ -7,17 +7,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.kernel.kernel_path import assert_no_tcp_trouble
+from tests.kernel.kernel_path import assert_no_tcp_trouble, user_answer
 from tests.support import NetNS, RawClient, Server, split_response, without_date
 
 RULES = '[cache-control-rules]\n"/assets/*" = "public, max-age=31536000, immutable"\n"*.css" = "max-age=60"\n'
 
-
-def user_answer(c: RawClient, request: str) -> bytes:
-    """Userspace's answer to request: behind a miss in the same segment, it cannot be the kernel's."""
-    c.send(f"GET /cc-miss HTTP/1.1\r\nHost: x\r\n\r\n{request}".encode())
-    assert c.read_response().startswith(b"HTTP/1.1 404")
-    return c.read_response()
 
 
 def test_cache_control_is_the_same_from_both_paths(netns: NetNS, site: Path, tmp_path: Path,
@@ -39,8 +33,8 @@ def test_cache_control_is_the_same_from_both_paths(netns: NetNS, site: Path, tmp
         nm_kernel = c.get(path, f"If-None-Match: {etag}\r\n")
         assert srv.kernel_hits() - k == 2 and nm_kernel.startswith(b"HTTP/1.1 304"), path
         assert split_response(nm_kernel)[1]["cache-control"] == value  # RFC 9110 section 15.4.5
-        assert without_date(user_answer(c, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")) == without_date(from_kernel)
-        nm_user = user_answer(c, f"GET {path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n")
+        assert without_date(user_answer(srv, c, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")) == without_date(from_kernel)
+        nm_user = user_answer(srv, c, f"GET {path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n")
         assert without_date(nm_user) == without_date(nm_kernel), path
         time.sleep(0.05)
     # Error answers carry none (as nginx's `expires` leaves a 404 alone).

@@ -11,7 +11,7 @@ from pathlib import Path
 import brotli
 import zstandard
 
-from tests.kernel.kernel_path import assert_no_tcp_trouble
+from tests.kernel.kernel_path import assert_no_tcp_trouble, user_answer
 from tests.support import NetNS, RawClient, Server, require_tool, split_response, without_date
 
 CSS = b"body { color: #333; margin: 0 auto; }\n" * 40
@@ -24,12 +24,6 @@ def siblings(site: Path) -> dict[str, bytes]:
     (site / "app.css").write_bytes(CSS)
     return coded
 
-
-def user_answer(c: RawClient, request: str) -> bytes:
-    """Userspace's answer to request: behind a miss in the same segment, it cannot be the kernel's."""
-    c.send(f"GET /enc-miss HTTP/1.1\r\nHost: x\r\n\r\n{request}".encode())
-    assert c.read_response().startswith(b"HTTP/1.1 404")
-    return c.read_response()
 
 
 def test_precompressed_siblings_from_the_kernel(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
@@ -52,7 +46,7 @@ def test_precompressed_siblings_from_the_kernel(netns: NetNS, site: Path, server
         assert headers.get("content-encoding", "") == coding and headers["vary"] == "Accept-Encoding", value
         assert body == (coded[coding] if coding else CSS), value
         assert headers["content-type"] == "text/css; charset=utf-8"
-        assert without_date(user_answer(c, request)) == without_date(resp), value
+        assert without_date(user_answer(srv, c, request)) == without_date(resp), value
         # Each representation revalidates by its own entity-tag, and its 304 carries Vary too.
         etag = headers["etag"]
         c.send(request.replace("\r\n\r\n", f"\r\nIf-None-Match: {etag}\r\n\r\n").encode())
@@ -118,7 +112,7 @@ def test_compressed_here_from_the_kernel(netns: NetNS, site: Path, server_factor
         _, headers, body = split_response(resp)
         assert headers.get("content-encoding", "") == coding, (path, value)
         assert decode(body) == (site / path.lstrip("/")).read_bytes()
-        assert without_date(user_answer(c, request)) == without_date(resp), (path, value)
+        assert without_date(user_answer(srv, c, request)) == without_date(resp), (path, value)
         time.sleep(0.05)
     (site / "page.css").write_bytes(CSS.replace(b"#333", b"#555"))
     time.sleep(1.2)
