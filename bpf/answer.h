@@ -49,6 +49,54 @@ DATA_FOLLOWS_HEADER(3);
 DATA_FOLLOWS_HEADER(4);
 DATA_FOLLOWS_HEADER(5);
 
+/* Can the first rlen stored bytes of an answer (of a body with size bytes of room, its Date slot
+ * at date_off) be sent? And a variant adding extra bytes at hx (the head's final CRLF)? */
+static __always_inline int stored_answer_ok(__u32 rlen, __u32 size, __u32 date_off)
+{
+    return rlen >= date_off + DATE_SLOT_LEN && rlen <= size && date_off <= MAX_DATE_SLOT_OFFSET;
+}
+
+static __always_inline int variant_fits(__u32 extra, __u32 hx, __u32 rlen, __u32 date_off)
+{
+    return !extra || (hx >= date_off + DATE_SLOT_LEN && hx <= rlen && hx < CHUNK);
+}
+
+/* An answer of `total` payload bytes in one segment begins (the caller checked it fits): the
+ * connection is claimed (conn_sync.h), the socket gets the ACK it is owed first (ack_the_socket),
+ * and the skb becomes the segment's headers, its payload still to be written; *hsum and *psum get
+ * the headers' sums (header_sum). Returns FS_CONTINUE with the claim held, or FS_RACE, FS_DROP
+ * (the request is gone: the client retransmits it) or PASS_TOO_BIG (the skb intact), released. */
+static __always_inline int begin_one_segment(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs,
+                                             __u32 total, __u32 thl, __u32 l3, __u32 *hsum, __u32 *psum)
+{
+    struct pkt *p = &ctx->p;
+    if (!conn_claim(cs, ctx->version))
+        return FS_RACE;
+    struct resp_hdrs h = {};
+    int acked = 0;
+    if (cs->flags & CONN_SOCK_ACK) {
+        acked = ack_the_socket(skb, p, cs, &h);
+        __builtin_memset(&h, 0, sizeof(h));
+    }
+    ctx->ack_seq = bpf_htonl(bpf_ntohl(p->tcp.seq) + p->payload_len);
+    ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
+    ctx->tsecr = p->tsval;
+    segment_hdrs(&h, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);   /* seq == srv_next, checked by the caller */
+    *hsum = header_sum(&h, p->v6, p->has_ts, total, psum);
+    if (bpf_skb_change_tail(skb, ETH_HLEN_ + l3 + thl + total, 0) < 0) {
+        ctx->version = conn_release(cs);            /* (so the pass that follows can claim) */
+        COUNT_ERR(ERR_CHANGE_TAIL);
+        return acked ? FS_DROP : PASS_TOO_BIG;      /* (no request left to pass: it comes again) */
+    }
+    /* From here on the request is gone: any failure drops the skb and the client retransmits. */
+    if (store_hdrs(skb, &h, p->v6, p->has_ts)) {
+        conn_release(cs);
+        COUNT_ERR(ERR_STORE);
+        return FS_DROP;
+    }
+    return FS_CONTINUE;
+}
+
 /* Rewrite skb into the response for the request in p and update the connection's deltas; or, for
  * an answer longer than one segment, record it for the segment sender (FS_ANSWER_SEGMENTS).
  * Inlined once per size class so `size` is a constant the verifier can bound reads with.
@@ -62,10 +110,10 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
                                      __u32 date_off, __u8 *date, __u32 hx, __u32 variant, const int kind)
 {
     struct pkt *p = &ctx->p;
-    if (rlen < date_off + DATE_SLOT_LEN || rlen > size || date_off > MAX_DATE_SLOT_OFFSET)
+    if (!stored_answer_ok(rlen, size, date_off))
         return PASS_CACHE_RACE;
     __u32 extra = variant_extra(variant);
-    if (extra && (hx < date_off + DATE_SLOT_LEN || hx > rlen || hx >= CHUNK))
+    if (!variant_fits(extra, hx, rlen, date_off))
         return PASS_TOO_BIG;                        /* (a head this long is not worth a variant) */
     __u32 total = rlen + extra;
     __u32 thl = tcp_hdr_len(p->has_ts);
@@ -119,34 +167,14 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     if (frame > MAX_FRAME)
         return PASS_TOO_BIG;
 
-    if (!conn_claim(cs, ctx->version))
-        return FS_RACE;
-    struct resp_hdrs h = {};
-    int acked = 0;
-    if (cs->flags & CONN_SOCK_ACK) {
-        acked = ack_the_socket(skb, p, cs, &h);
-        __builtin_memset(&h, 0, sizeof(h));
-    }
-    ctx->ack_seq = bpf_htonl(req_seq + p->payload_len);
-    ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
-    ctx->tsecr = p->tsval;
-    segment_hdrs(&h, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);   /* seq == srv_next, checked by the caller */
-    __u32 psum;
-    __u32 hsum = header_sum(&h, p->v6, p->has_ts, total, &psum);
+    __u32 hsum, psum;
+    int r = begin_one_segment(skb, ctx, cs, total, thl, l3, &hsum, &psum);
+    if (r != FS_CONTINUE)
+        return r;
     __u32 dsum = bpf_csum_diff(0, 0, (__be32 *)date, DATE_SLOT_LEN, 0);
     if (date_off & 1)
         dsum = csum_at_odd(dsum);                   /* (a 404's: "HTTP/1.1 404 Not Found\r\nDate:") */
-
-    if (bpf_skb_change_tail(skb, frame, 0) < 0) {
-        ctx->version = conn_release(cs);            /* (so the pass that follows can claim) */
-        COUNT_ERR(ERR_CHANGE_TAIL);
-        return acked ? FS_DROP : PASS_TOO_BIG;      /* (no request left to pass: it comes again) */
-    }
-    /* From here on the request is gone: any failure drops the skb and the client retransmits. */
-    long err = store_hdrs(skb, &h, p->v6, p->has_ts);
-    __u32 poff = ETH_HLEN_ + l3 + thl;
-    err |= store_variant(skb, poff, data, rlen, hx, variant, extra, date, date_off, size);
-    if (err) {
+    if (store_variant(skb, ETH_HLEN_ + l3 + thl, data, rlen, hx, variant, extra, date, date_off, size)) {
         conn_release(cs);
         COUNT_ERR(ERR_STORE);
         return FS_DROP;
@@ -247,9 +275,8 @@ static __always_inline int send_batch_item(struct __sk_buff *skb, struct answer_
         hx = h->head_len - 2;
         date_off = h->date_off;
         /* (the lengths handle_parse summed came from the entry: they must be this body's) */
-        fits = rlen + extra == it->len && rlen >= date_off + DATE_SLOT_LEN && rlen <= size &&
-               date_off <= MAX_DATE_SLOT_OFFSET &&
-               (!extra || (hx >= date_off + DATE_SLOT_LEN && hx <= rlen && hx < CHUNK));
+        fits = rlen + extra == it->len && stored_answer_ok(rlen, size, date_off) &&
+               variant_fits(extra, hx, rlen, date_off);
     }
     __u32 thl = tcp_hdr_len(p->has_ts);
     __u32 l3 = ip_hlen(p);
@@ -263,31 +290,12 @@ static __always_inline int send_batch_item(struct __sk_buff *skb, struct answer_
             return PASS_WINDOW;
         if (total > seg_payload(skb, cs, l3, thl) || poff + total > MAX_FRAME)
             return PASS_PIPELINED;                  /* several segments: userspace's, for now */
-        if (!conn_claim(cs, ctx->version))
-            return FS_RACE;
-        struct resp_hdrs hd = {};
-        int acked = 0;
-        if (cs->flags & CONN_SOCK_ACK) {            /* as for one request: send_body */
-            acked = ack_the_socket(skb, p, cs, &hd);
-            __builtin_memset(&hd, 0, sizeof(hd));
-        }
-        ctx->ack_seq = bpf_htonl(bpf_ntohl(p->tcp.seq) + p->payload_len);
-        ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
-        ctx->tsecr = p->tsval;
-        segment_hdrs(&hd, ctx, cs, bpf_ntohl(p->tcp.ack_seq), total, thl, 1);
-        __u32 psum;
-        ctx->batch_sum = header_sum(&hd, p->v6, p->has_ts, total, &psum);
+        __u32 hsum, psum;
+        int r = begin_one_segment(skb, ctx, cs, total, thl, l3, &hsum, &psum);
+        if (r != FS_CONTINUE)
+            return r;
+        ctx->batch_sum = hsum;
         ctx->batch_psum = psum;
-        if (bpf_skb_change_tail(skb, poff + total, 0) < 0) {
-            ctx->version = conn_release(cs);        /* (so the pass that follows can claim) */
-            COUNT_ERR(ERR_CHANGE_TAIL);
-            return acked ? FS_DROP : PASS_TOO_BIG;
-        }
-        if (store_hdrs(skb, &hd, p->v6, p->has_ts)) {
-            conn_release(cs);
-            COUNT_ERR(ERR_STORE);
-            return FS_DROP;
-        }
     } else if (!fits) {
         conn_release(cs);
         COUNT(races);

@@ -48,14 +48,20 @@ static __always_inline void count_requests(struct conn_state *cs, __u32 n, __u32
         c->hit_bytes += cs->last_resp_len;
 }
 
-/* An answer is going out: count it (count_requests), and note the entry's hit for eviction. */
-static __always_inline void count_answer(struct path_key *path, struct conn_state *cs, __u32 undone)
+/* The entry for path answered a request: its hit count, and its recency for eviction. */
+static __always_inline void note_entry_hit(struct path_key *path)
 {
     struct cache_ref *ref = file_cache.lookup(path);
     if (ref) {
         ref->last_hit_ns = bpf_ktime_get_ns();
         __sync_fetch_and_add(&ref->hits, 1);
     }
+}
+
+/* An answer is going out: count it (count_requests), and note the entry's hit. */
+static __always_inline void count_answer(struct path_key *path, struct conn_state *cs, __u32 undone)
+{
+    note_entry_hit(path);
     count_requests(cs, 1, undone);
 }
 
@@ -75,15 +81,9 @@ static __always_inline void count_batch(struct answer_ctx *ctx, struct conn_stat
 {
     __u32 n = ctx->n_items;
 #pragma unroll
-    for (int k = 0; k < MAX_BATCH; k++) {
-        if (k < n) {
-            struct cache_ref *ref = file_cache.lookup(&ctx->batch_keys[k]);
-            if (ref) {
-                ref->last_hit_ns = bpf_ktime_get_ns();
-                __sync_fetch_and_add(&ref->hits, 1);
-            }
-        }
-    }
+    for (int k = 0; k < MAX_BATCH; k++)
+        if (k < n)
+            note_entry_hit(&ctx->batch_keys[k]);
     count_requests(cs, n, undone);
 }
 

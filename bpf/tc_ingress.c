@@ -132,6 +132,12 @@ static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, str
     return FS_PASS;
 }
 
+/* The sender of a body of size class cls (fs_send<cls>). */
+static __always_inline void call_sender(struct __sk_buff *skb, __u32 cls)
+{
+    progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
+}
+
 /* Segments the kernel itself sends after the answer (fs_seg<cls>), picked by the answer's class. */
 static __always_inline void call_segment_sender(struct __sk_buff *skb, __u32 cls)
 {
@@ -296,8 +302,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
                     r = PASS_TOO_LONG;
                 } else if (r == FS_ANSWER_BATCH) {
                     ctx->item = 0;
-                    __u32 cls = ctx->items[0].cls;
-                    progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
+                    call_sender(skb, ctx->items[0].cls);
                     r = PASS_CACHE_RACE;
                 }
             } else {
@@ -307,9 +312,8 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
                 ctx->inm_pos = rb->inm_pos;
                 ctx->ims_pos = rb->ims_pos;
                 ctx->variant = request_variant(rb);
-                __u32 cls = ctx->ref.cls;
                 if (ctx->ref.id)                    /* (0: that coding's body is userspace's) */
-                    progs.call(skb, PROG_SEND0 + (cls < NR_CLASSES ? cls : 0));
+                    call_sender(skb, ctx->ref.cls);
                 r = ctx->ref.id ? PASS_CACHE_RACE : PASS_MISS;
             }
         } else {
@@ -335,8 +339,7 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
     if (ctx->n_items) {                             /* pipelined requests: one item per call */
         int r = send_batch_item(skb, ctx, cs, clk, cls);
         if (r == FS_ANSWER_BATCH) {
-            __u32 next = ctx->items[ctx->item & (MAX_BATCH - 1)].cls;
-            progs.call(skb, PROG_SEND0 + (next < NR_CLASSES ? next : 0));
+            call_sender(skb, ctx->items[ctx->item & (MAX_BATCH - 1)].cls);
             conn_release(cs);                       /* (the tail call failed: the skb is half written) */
             return FS_DROP;
         }
