@@ -32,7 +32,10 @@ enum fs_result {
     /* The header classes parse_http.h tracks (classify_header to parse_window only). */
     FS_HDR_INM,             /* If-None-Match: the sender compares it with the entry's ETag */
     FS_HDR_IMS,             /* If-Modified-Since: ... and this with its Last-Modified */
-    FS_HDR_HOST,            /* Host: llhttp requires exactly one in HTTP/1.1 */
+    /* A header aiohttp allows at most once in a request (its parser's SINGLETON_HEADERS, the RFC
+     * 9110 singletons; Content-Length and Transfer-Encoding pass as bodies anyway): classify_header
+     * has written its SINGLETON_* bit to req_buf.scratch. */
+    FS_HDR_SINGLETON,
     FS_HDR_CONN_KEEP,       /* Connection: keep-alive */
     FS_HDR_CONN_CLOSE,      /* Connection: close */
     FS_HDR_AE,              /* Accept-Encoding: which of the entry's codings answers */

@@ -188,7 +188,7 @@ struct req_buf {
     __u32 ims_pos;              /* where the If-Modified-Since value starts (0: no such header) */
     __u32 ae_pos;               /* where the Accept-Encoding value starts (0: no such header) */
     __u32 scratch;              /* values handed through memory to keep verifier states few */
-    __u32 host_seen;            /* a Host header was seen */
+    __u32 singletons;           /* singleton headers seen: SINGLETON_* bits */
     __u32 headers;              /* header lines so far */
     __u32 line_start;           /* where the current line starts */
     __u32 http10;               /* the request line said HTTP/1.0 */

@@ -28,6 +28,10 @@ INTERESTING_HEADERS = [
     b"Upgrade-X: y", b"If-Modified-Since: Thu, 01 Jan 2026 00:00:00 GMT", b"If-Foo: x", b"Content-Type: text/plain",
     b"Content-Lengthy: 5", b"Transfer-Encodings: x", b"Connection-X: close", b"Hostname: x", b"Expect-CT: x",
     b"Rangefinder: x", b"Cache-Control: no-cache", b"Pragma: no-cache", b"Cookie: a=b; c=d",
+    # aiohttp's singletons (a second one is a 400; BASE_HEADERS has a User-Agent) and near names
+    b"User-Agent: again/2", b"user-agent: lower", b"Server: x", b"Server: y", b'ETag: "x"', b'Etag: "y"',
+    b"Max-Forwards: 3", b"Max-Forwards: 4", b"Content-Location: /x", b"Content-Range: bytes 0-1/2",
+    b"Content-Type: text/html", b"User-Agents: x", b"ETags: x", b"Servers: x", b"Host: test",
 ]
 
 
@@ -76,6 +80,9 @@ REAL_REQUESTS: dict[str, tuple[bytes, bool]] = {
     "cdn": (base_request(headers=[b"Host: test", b"Accept-Encoding: gzip", b"CF-Connecting-IP: 198.51.100.7",
                                   b"CDN-Loop: cloudflare", b"X-Forwarded-For: 198.51.100.7", b"X-Forwarded-Proto: https",
                                   b"Via: 1.1 varnish (Varnish/7.1)", b"User-Agent: Mozilla/5.0", b"Accept: */*"]), True),
+    # aiohttp answers 400 to a second User-Agent (a singleton, as Host is): userspace's answer.
+    "two User-Agents": (base_request(headers=[b"Host: test", b"User-Agent: curl/7.88.1", b"Accept: */*",
+                                              b"user-agent: curl/7.88.1"]), False),
     # llhttp reads Proxy-Connection as Connection: userspace answers, and closes.
     "old proxy, Proxy-Connection: close": (base_request(headers=[b"Host: test", b"Proxy-Connection: close",
                                                                  b"Accept: */*"]), False),
