@@ -101,12 +101,14 @@
 
 /* Multi-segment answers (DESIGN.md section 4). Every segment is a clone of the request skb sent by
  * fs_seg<cls>, which tail-calls itself for the next: the kernel allows 33 tail calls per packet
- * (MAX_TAIL_CALL_CNT), and the parse stages (one call per window) and the sender take the rest.
+ * (MAX_TAIL_CALL_CNT), and the parse stages (one call per window), the sender and the tail loss
+ * probe after the last segment (answer.h) take the rest: 8 + 1 + 23 + 1. 23 segments of a 1500-byte
+ * link (1448 B each with timestamps) still hold the largest body (CLASS5_DATA) and its head.
  * Each segment holds at most the client's MSS (less the timestamp option) and what the link's
  * frame allows. */
-#define MAX_SEGS 24
+#define MAX_SEGS 23
 #define MAX_TAIL_CALLS 33
-_Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS <= MAX_TAIL_CALLS, "a longest request and answer exceed the tail calls");
+_Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS + 1 <= MAX_TAIL_CALLS, "a longest request and answer exceed the tail calls");
 #define MIN_SEG_PAYLOAD 512     /* below this (a tiny MSS), larger answers pass to userspace */
 #define MAX_SEG_PAYLOAD (MAX_FRAME - ETH_HLEN_ - IPV4_HLEN - TCP_HLEN)
 #define DEFAULT_MSS 536         /* RFC 9293 section 3.7.1: when the SYN has no MSS option */

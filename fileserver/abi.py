@@ -84,6 +84,7 @@ MAX_REQ = 4096              # MAX_REQ: request bytes the kernel parses
 PARSE_WINDOW = 512          # PARSE_WINDOW: bytes per parse stage
 NR_PARSE_STAGES = MAX_REQ // PARSE_WINDOW   # NR_PARSE_STAGES: windows, one tail call of fs_parse each
 PROG_PARSE0 = 0             # PROG_PARSE0: fs_parse's slot
+MAX_SEGS = 23               # MAX_SEGS: segments of the longest answer the kernel sends (then a tail probe)
 
 # -- size classes of cached responses (bpf/consts.h, bpf/structs.h, bpf/maps.h) ------------------
 

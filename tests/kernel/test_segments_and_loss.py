@@ -103,6 +103,40 @@ def test_answers_larger_than_one_skb_on_lo(netns: NetNS, site: Path, server_fact
     assert srv2.user_hits() == 1  # over the default limit (16 KiB): userspace
 
 
+def test_longest_request_and_answer_keep_the_tail_probe(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A request of every parse window (near MAX_REQ: long cookies) answered in MAX_SEGS segments
+    is the longest chain of tail calls a packet makes, and the tail loss probe after the last
+    segment must still fit in the kernel's 33: with 24 segments it was a 34th call, which fails,
+    and the answer went out without its probe. The client's MSS (1200) makes the segments small."""
+    from fileserver.abi import MAX_REQ, MAX_SEGS
+
+    seg = 1200 - 12  # the client's MSS less the timestamp option
+    body = bytes(range(256)) * ((seg * MAX_SEGS - 700) // 256)
+    (site / "longest.bin").write_bytes(body)
+    srv = server_factory(site, "--hot-after", "0", "--max-kernel-file-size", "32000")
+    with netns.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1200)  # advertised in the SYN
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", 8080))
+    c = RawClient.__new__(RawClient)
+    c.sock, c.buf = sock, b""
+    assert body_of(c.get("/longest.bin")) == body  # a miss: now cached
+    time.sleep(0.3)  # (one request after a userspace answer stays in userspace)
+    head = "Cookie: " + "c" * (MAX_REQ - 200) + "\r\n"
+    before = srv.metrics()
+    resp = c.get("/longest.bin", head)
+    assert len(resp) > seg * (MAX_SEGS - 1) and body_of(resp) == body
+    m = srv.metrics()
+    delta = {k: m.get(k, 0) - before.get(k, 0) for k in ("fileserver_requests_total{path=kernel}",
+                                                        "fileserver_kernel_segments_total{kind=more}",
+                                                        "fileserver_kernel_segments_total{kind=probe}")}
+    assert delta == {"fileserver_requests_total{path=kernel}": 1,
+                     "fileserver_kernel_segments_total{kind=more}": MAX_SEGS - 1,
+                     "fileserver_kernel_segments_total{kind=probe}": 1}, delta
+    sock.close()
+
+
 # Data segments are numbered as the client's interface sees them: large.bin is 11 of them (the
 # first request's are 1 to 11), then its tail probe (12: the last byte again), then a first
 # resend (13). A lost last segment is repaired through the probe; lost with its probe, through
