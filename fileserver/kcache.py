@@ -57,6 +57,10 @@ class Entry:
     # precompressed ones as (class, body id): the Accept-Encoding forms the kernel knows point there.
     variants: dict[str, Validators] = field(default_factory=dict)
     coded: list[tuple[int, int]] = field(default_factory=list)
+    # What else the stored bytes and pointers depend on: the coding each Accept-Encoding form gets
+    # (None: userspace's, a representation too large to hold) and whether answers carry Vary.
+    forms: tuple[str | None, ...] = ()
+    vary: bool = False
 
     @property
     def bodies(self) -> list[tuple[int, int]]:
@@ -186,8 +190,11 @@ class KernelCache:
         snaps, _ = reps
         with self._lock:
             entry = self.entries.get(url_path)
+            # Unchanged only if every byte and pointer would be: a sibling that came but is too
+            # large to hold changes no variant, yet adds Vary and sends its forms to userspace.
             if entry is not None and entry.file == resolved.path and \
-                    entry.variants == {c: s.validators for c, s in snaps.items()}:
+                    entry.variants == {c: s.validators for c, s in snaps.items()} and \
+                    entry.forms == _form_codings(choice, reps) and entry.vary == choice.vary:
                 return True
             if self._push(url_path, choice, reps, cause=cause):
                 return True
@@ -276,7 +283,8 @@ class KernelCache:
                 return False
             bodies.append(_Body(cls, response, len(head), not_modified_head(v, date, cache_control, choice.vary),
                                 v.etag.encode()))
-        by_form = [codings.index(c) if c in snaps else -1 for c in (sent[choice.pick(f)] for f in AE_FORMS)]
+        forms = _form_codings(choice, reps)
+        by_form = [-1 if c is None else codings.index(c) for c in forms]
         with self._lock:
             old = self.entries.get(url_path)
             if old is None and len(self.entries) >= self.config.kernel_cache_entries:
@@ -290,7 +298,8 @@ class KernelCache:
                 self.stats.bytes -= old.size
             size = sum(len(b.response) for b in bodies)
             self.entries[url_path] = Entry(url_path, choice.path, snaps[""].validators, placed[0][1], placed[0][0], size,
-                                           time.monotonic_ns(), {c: snaps[c].validators for c in codings}, placed[1:])
+                                           time.monotonic_ns(), {c: snaps[c].validators for c in codings}, placed[1:],
+                                           forms, choice.vary)
             self.stats.bytes += size
             self.stats.entries = len(self.entries)
             if cause == "hot" and old is None:
@@ -412,3 +421,10 @@ class KernelCache:
         with self._lock:
             for url in list(self.entries):
                 self.drop(url)
+
+
+def _form_codings(choice: Offer, reps: tuple[dict[str, Snapshot], dict[str, str]]) -> tuple[str | None, ...]:
+    """For each Accept-Encoding form the kernel knows (AE_FORMS), the coding of the representation
+    it is answered with, or None when that one is too large to hold (the form is userspace's)."""
+    snaps, sent = reps
+    return tuple(c if c in snaps else None for c in (sent[choice.pick(f)] for f in AE_FORMS))

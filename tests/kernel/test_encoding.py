@@ -119,3 +119,33 @@ def test_compressed_here_from_the_kernel(netns: NetNS, site: Path, server_factor
     k = srv.kernel_hits()
     out = netns.run(require_tool("curl"), "-sS", "--compressed", "http://127.0.0.1:8080/page.css").stdout
     assert out.encode() == CSS.replace(b"#333", b"#555") and srv.kernel_hits() == k + 1
+
+
+def test_a_sibling_too_large_to_hold_is_followed(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A .br sibling that appears but is over --max-kernel-file-size changes none of the bodies the
+    kernel holds, yet every answer of the file now carries Vary and its brotli forms are
+    userspace's (sendfile). The entry must be rebuilt all the same: kept as it was, the kernel
+    went on answering them with the file itself, without Vary."""
+    png = b"\x89PNG" + bytes(300)
+    (site / "logo.png").write_bytes(png)
+    srv: Server = server_factory(site, "--hot-after", "0", "--max-kernel-file-size", "4096")
+    c = RawClient(netns)
+    request = "GET /logo.png HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n"
+    c.send(request.encode())
+    assert "vary" not in split_response(c.read_response())[1]
+    k = srv.kernel_hits()
+    c.send(request.encode())
+    assert "vary" not in split_response(c.read_response())[1] and srv.kernel_hits() == k + 1  # cached
+    big = bytes(range(256)) * 20   # (not really brotli: the server only serves it)
+    (site / "logo.png.br").write_bytes(big)
+    time.sleep(1.2)
+    k, u = srv.kernel_hits(), srv.user_hits()
+    c.send(request.encode())
+    _, headers, body = split_response(c.read_response())
+    assert (headers.get("content-encoding"), headers.get("vary"), body) == ("br", "Accept-Encoding", big)
+    assert (srv.kernel_hits() - k, srv.user_hits() - u) == (0, 1)
+    time.sleep(0.3)
+    k = srv.kernel_hits()
+    _, headers, body = split_response(c.get("/logo.png"))   # the file itself, from the kernel, with Vary now
+    assert (headers.get("vary"), body, srv.kernel_hits()) == ("Accept-Encoding", png, k + 1)
+    assert_no_tcp_trouble(netns)
