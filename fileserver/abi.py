@@ -113,7 +113,7 @@ SEG_PROGRAMS = tuple(f"fs_seg{c}" for c in range(NR_CLASSES))
 
 # -- what a cache entry holds (struct body_hdr and the data after it) -----------------------------
 
-NM_REGION = 256             # NM_REGION: data[0, NM_REGION) holds the 304 answer, the 200 answer follows
+NM_REGION = 320             # NM_REGION: data[0, NM_REGION) holds the 304 answer, the 200 answer follows
 ETAG_MAX = 48               # ETAG_MAX: longest ETag the kernel compares
 INM_SCAN = 256              # INM_SCAN: longest If-None-Match value the kernel reads
 # The Accept-Encoding values the kernel matches byte for byte (bpf/parse_http.h's ae_form: form n

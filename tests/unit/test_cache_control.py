@@ -40,6 +40,19 @@ def test_the_value_is_in_the_200_and_the_304() -> None:
     assert b"Cache-Control" not in response_head("a.css", V, DATE) + not_modified_head(V, DATE)
 
 
+def test_the_longest_304_fits_the_kernels_region() -> None:
+    """The kernel holds a file's 304 in NM_REGION bytes: with the longest value allowed, Vary and
+    the longest entity-tag a cached file can have (a coding's), it must still fit, or the file
+    would silently be userspace's (the push fails). At 256 bytes it did not (316)."""
+    from fileserver.abi import CLASS_DATA, NM_REGION
+    from fileserver.cache_control import MAX_VALUE_LEN
+    from fileserver.encoding import CODINGS
+
+    coding = max(CODINGS, key=len)
+    v = Validators(size=CLASS_DATA[-1], mtime_ns=2**64 - 1, inode=1, device=1, coding=coding)
+    assert len(not_modified_head(v, DATE, "x" * MAX_VALUE_LEN, vary=True)) <= NM_REGION
+
+
 def test_config_refuses_a_header_injection(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot hold"):
         Config(root=tmp_path, cache_control="no-cache\nX: y", kernel_cache=False).validated()
