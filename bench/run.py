@@ -3,7 +3,8 @@
 Contenders (started in turn, same files, same client settings): fileserver with the kernel path,
 fileserver --no-kernel-cache, nginx (1 worker, sendfile, no access log), aiohttp web.static and
 python -m http.server. Clients: wrk -t1 -c50 (keep-alive), ab -k, ab without keep-alive (HTTP/1.0,
-the seed's own command), and wrk -c1 for latency. Each measurement is repeated in rounds that
+the seed's own command), h2load --h1 -m 8 (8 requests pipelined per connection), and wrk -c1 for
+latency. Each measurement is repeated in rounds that
 alternate the contenders; ratios are computed pairwise within a round (this machine is noisy) and
 reported as median with min-max. Output: bench/results/<date>.json, a Markdown table, PNG plots.
 """
@@ -179,6 +180,23 @@ def ab(ns: Namespace, url: str, n: int, conc: int, keepalive: bool) -> dict[str,
     }
 
 
+def h2load(ns: Namespace, url: str, conns: int, pipelined: int, seconds: float) -> dict[str, float]:
+    out = ns.cmd("h2load", "--h1", "-t1", f"-c{conns}", f"-m{pipelined}", f"-D{seconds}", url, timeout=seconds + 60)
+    return parse_h2load(out)
+
+
+def parse_h2load(out: str) -> dict[str, float]:
+    """Requests/s, requests done and errors (failed, errored, timed out, or not 2xx/3xx) from h2load's report."""
+    rps = float(re.search(r"finished in \S+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+                  r"(\d+) timeout", out)
+    assert m, out
+    codes = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    assert codes, out
+    succeeded, failed, errored, timeout = (int(x) for x in m.groups())
+    return {"rps": rps, "requests": succeeded, "errors": failed + errored + timeout + sum(int(x) for x in codes.groups())}
+
+
 def softirq_seconds() -> float:
     """System-wide softirq time (on loopback the kernel path's work is charged here)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -232,6 +250,7 @@ def measurements(plan: Plan) -> Iterator[tuple[str, str, str]]:
         if size != "1MiB":
             yield "ab-k-c50", size, path
             yield "ab-c50", size, path
+            yield "h2load-m8-c4", size, path
             yield "wrk-c1", size, path
 
 
@@ -242,6 +261,8 @@ def measure(ns: Namespace, running: Running, plan: Plan, client: str, path: str)
         r = wrk(ns, url, 50, plan.wrk_seconds)
     elif client == "wrk-c1":
         r = wrk(ns, url, 1, plan.latency_seconds)
+    elif client == "h2load-m8-c4":
+        r = h2load(ns, url, 4, 8, plan.wrk_seconds)
     elif client == "ab-k-c50":
         r = ab(ns, url, plan.ab_requests, 50, keepalive=True)
     else:
@@ -260,7 +281,7 @@ def measure(ns: Namespace, running: Running, plan: Plan, client: str, path: str)
 def run(plan: Plan, out_dir: Path) -> dict[str, object]:
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespace, BPF): run `sudo make bench`")
-    for tool in ("wrk", "ab", "curl", "nginx"):
+    for tool in ("wrk", "ab", "h2load", "curl", "nginx"):
         if shutil.which(tool) is None and not (tool == "nginx" and Path("/usr/sbin/nginx").exists()):
             sys.exit(f"bench: {tool} is missing: run `make setup`")
     ns = Namespace()

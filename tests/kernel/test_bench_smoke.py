@@ -15,7 +15,7 @@ from tests.support import REPO, require_root, require_tool
 
 def test_bench_smoke(tmp_path: Path) -> None:
     require_root()
-    for tool in ("wrk", "ab", "nginx"):
+    for tool in ("wrk", "ab", "h2load", "nginx"):
         require_tool(tool)
     r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--contenders", "kernel,user,nginx",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -31,5 +31,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     kernel_wrk = data["cells"]["wrk-c50 128B"]["kernel"]
     assert kernel_wrk["kernel_share"] == 1.0  # every wrk request to the kernel contender came from the kernel
     assert "kernel_vs_nginx" in data["cells"]["wrk-c50 128B"]
+    # h2load --h1 -m 8: pipelined requests, answered by the kernel in batches
+    assert data["cells"]["h2load-m8-c4 128B"]["kernel"]["kernel_share"] >= 0.9
+    assert "kernel_vs_nginx" in data["cells"]["h2load-m8-c4 128B"]
     assert data["memory"]["kernel_maps_bytes"] > 0
     assert list(tmp_path.glob("*.md"))
