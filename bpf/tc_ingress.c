@@ -237,6 +237,24 @@ static __always_inline int load_context(struct tail_ctx *t)
     return t->cs ? 0 : -1;      /* (gone only once both FINs are acknowledged: nothing is left to answer) */
 }
 
+/* The body of ref that answers Accept-Encoding form `form` (ae_form: 0 none, -1 a value the kernel
+ * does not know), or 0 if userspace must decide. An entry whose every form points at its plain
+ * body has no other representation: userspace (encoding.choose with nothing available) sends the
+ * file itself whatever the value says, so the kernel may too. Every coding occurs in some form
+ * (tests/unit/test_encoding.py), so an entry with one does not look like that. */
+static __always_inline struct body_ref *body_for_form(struct cache_ref *ref, int form)
+{
+    if (form > 0)
+        return &ref->by_form[(form - 1) & (NR_AE_FORMS - 1)];
+    if (form == 0)
+        return &ref->plain;
+#pragma unroll
+    for (int i = 0; i < NR_AE_FORMS; i++)
+        if (ref->by_form[i].id != ref->plain.id || ref->by_form[i].cls != ref->plain.cls)
+            return 0;
+    return &ref->plain;
+}
+
 /* One of several pipelined requests (ref: its entry, b: the body its Accept-Encoding calls for)
  * joins the batch answered together. Returns FS_PARSE when another request follows (loaded for
  * the next fs_parse), FS_ANSWER_BATCH once the last is in, or the pass reason for the whole
@@ -288,12 +306,14 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
     if (r == FS_PARSE)
         r = PASS_TOO_LONG;                          /* longer than the last window */
     int form = r == FS_CONTINUE ? ae_form(rb) : 0;
-    if (form < 0)
-        r = PASS_ENCODING;
     if (r == FS_CONTINUE) {
         struct cache_ref *ref = file_cache.lookup(&rb->key);
-        if (ref) {
-            struct body_ref *b = form > 0 ? &ref->by_form[(form - 1) & (NR_AE_FORMS - 1)] : &ref->plain;
+        struct body_ref *b = ref ? body_for_form(ref, form) : 0;
+        if (!ref) {
+            r = PASS_MISS;
+        } else if (!b) {
+            r = PASS_ENCODING;                      /* a value only userspace's parser reads */
+        } else {
             int more = rb->req_end < rb->len;
             if (more || ctx->n_items) {
                 r = add_to_batch(skb, rb, ctx, b, more);
@@ -316,8 +336,6 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
                     call_sender(skb, ctx->ref.cls);
                 r = ctx->ref.id ? PASS_CACHE_RACE : PASS_MISS;
             }
-        } else {
-            r = PASS_MISS;
         }
     }
     struct pkt p = ctx->p;

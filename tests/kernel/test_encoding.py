@@ -149,3 +149,26 @@ def test_a_sibling_too_large_to_hold_is_followed(netns: NetNS, site: Path, serve
     _, headers, body = split_response(c.get("/logo.png"))   # the file itself, from the kernel, with Vary now
     assert (headers.get("vary"), body, srv.kernel_hits()) == ("Accept-Encoding", png, k + 1)
     assert_no_tcp_trouble(netns)
+
+
+def test_any_accept_encoding_for_a_file_with_one_representation(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A value the kernel does not parse (q-values, odd spacing) is userspace's only where it could
+    matter: a file with siblings. A file without any is sent as itself whatever the value says
+    (encoding.choose), so the kernel answers it, with userspace's bytes; its 404s too."""
+    siblings(site)
+    (site / "logo.png").write_bytes(b"\x89PNG" + bytes(200))
+    srv: Server = server_factory(site, "--hot-after", "0")
+    c = RawClient(netns)
+    for value in ("br;q=1.0, gzip;q=0.8", "identity;q=0", "*", "GZIP"):
+        for path, by_kernel in (("/logo.png", True), ("/hot.txt", True), ("/app.css", False), ("/none.png", True)):
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {value}\r\n\r\n"
+            if path == "/none.png":
+                c.get(path)  # (its first miss makes the negative entry)
+                time.sleep(0.3)
+            k, u = srv.kernel_hits(), srv.user_hits()
+            c.send(request.encode())
+            resp = c.read_response()
+            assert (srv.kernel_hits() - k, srv.user_hits() - u) == ((1, 0) if by_kernel else (0, 1)), (path, value)
+            assert without_date(user_answer(srv, c, request)) == without_date(resp), (path, value)
+            time.sleep(0.3)
+    assert_no_tcp_trouble(netns)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fileserver.encoding import acceptable, choose, offer
+from fileserver.encoding import CODINGS, acceptable, choose, offer
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,17 @@ def brotli_decompress(data: bytes) -> bytes:
     import brotli
 
     return bytes(brotli.decompress(data))
+
+
+def test_every_coding_is_picked_by_some_form_the_kernel_knows() -> None:
+    """The kernel answers an Accept-Encoding value it does not know only for entries whose every
+    form points at the plain body (tc_ingress.c, body_for_form): that must mean the file has no
+    other representation, so any set of codings a file can have must be picked by some form."""
+    import itertools
+
+    from fileserver.abi import AE_FORMS
+
+    for n in range(1, len(CODINGS) + 1):
+        for available in itertools.combinations(CODINGS, n):
+            assert any(choose(form, available) for form in AE_FORMS), available
+    assert all(choose(v, ()) is None for v in ("br;q=1", "identity;q=0", "*;q=0", ""))  # none: the file itself
