@@ -91,6 +91,14 @@ class MemoryCache:
             self._store((path, ""), snap.validators, snap)
         return snap
 
+    def coded_ready(self, path: Path, coding: str) -> bool:
+        """Whether get_coded(path, coding) would answer without compressing (its result for this
+        version is cached, or the file is too big to compress here). Raises OSError."""
+        current = Validators.from_stat(os.stat(path))
+        if current.size > self.max_file_size:
+            return True
+        return self._lookup((path, ""), current) is not None and self._lookup((path, coding), current) is not None
+
     def get_coded(self, path: Path, coding: str, compress: Compress) -> Snapshot | None:
         """path's bytes compressed with compress, as coding; None if the file is too big to cache
         or compression does not make it smaller (the same answer for the same version, always).
