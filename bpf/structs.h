@@ -25,6 +25,10 @@ struct cache_ref {
     /* The answer to each Accept-Encoding value the kernel knows (ae_form() n at [n - 1]): the
      * precompressed sibling userspace would send for that value, or the file itself. */
     struct body_ref by_form[NR_AE_FORMS];
+    /* 1: the file has no other representation (no sibling, nothing compressed here: userspace's
+     * encoding.choose sends it as itself whatever Accept-Encoding says), or this is a 404, so a
+     * value the kernel does not know is answered with `plain` too. Set by userspace. */
+    __u32 any_encoding;
 };
 
 /* What precedes the data of every body: one version of one file, all the kernel needs to answer.

@@ -238,21 +238,17 @@ static __always_inline int load_context(struct tail_ctx *t)
 }
 
 /* The body of ref that answers Accept-Encoding form `form` (ae_form: 0 none, -1 a value the kernel
- * does not know), or 0 if userspace must decide. An entry whose every form points at its plain
- * body has no other representation: userspace (encoding.choose with nothing available) sends the
- * file itself whatever the value says, so the kernel may too. Every coding occurs in some form
- * (tests/unit/test_encoding.py), so an entry with one does not look like that. */
+ * does not know), or 0 if userspace must decide: an unknown value only where userspace has said
+ * any value gets the plain body (any_encoding). That the known forms all point at the plain body
+ * would not do: none of them picks zstd where br is available too, and a coding compressed here
+ * that does not shrink is sent as the file itself for the forms, not for "zstd". */
 static __always_inline struct body_ref *body_for_form(struct cache_ref *ref, int form)
 {
     if (form > 0)
         return &ref->by_form[(form - 1) & (NR_AE_FORMS - 1)];
-    if (form == 0)
+    if (form == 0 || ref->any_encoding)
         return &ref->plain;
-#pragma unroll
-    for (int i = 0; i < NR_AE_FORMS; i++)
-        if (ref->by_form[i].id != ref->plain.id || ref->by_form[i].cls != ref->plain.cls)
-            return 0;
-    return &ref->plain;
+    return 0;
 }
 
 /* One of several pipelined requests (ref: its entry, b: the body its Accept-Encoding calls for)

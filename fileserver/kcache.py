@@ -61,6 +61,7 @@ class Entry:
     # (None: userspace's, a representation too large to hold) and whether answers carry Vary.
     forms: tuple[str | None, ...] = ()
     vary: bool = False
+    available: tuple[str, ...] = ()   # Offer.available: none, and any Accept-Encoding gets the file itself
 
     @property
     def bodies(self) -> list[tuple[int, int]]:
@@ -194,7 +195,8 @@ class KernelCache:
             # large to hold changes no variant, yet adds Vary and sends its forms to userspace.
             if entry is not None and entry.file == resolved.path and \
                     entry.variants == {c: s.validators for c, s in snaps.items()} and \
-                    entry.forms == _form_codings(choice, reps) and entry.vary == choice.vary:
+                    entry.forms == _form_codings(choice, reps) and entry.vary == choice.vary and \
+                    entry.available == choice.available:
                 return True
             if self._push(url_path, choice, reps, cause=cause):
                 return True
@@ -253,7 +255,8 @@ class KernelCache:
             elif len(self.entries) >= self.config.kernel_cache_entries:
                 self._evict_one()
             # (whatever the Accept-Encoding, the same 404)
-            placed = self._store(url_path, [_Body(cls, response, head_len, b"", b"", date_slot)], [0] * len(AE_FORMS))
+            placed = self._store(url_path, [_Body(cls, response, head_len, b"", b"", date_slot)], [0] * len(AE_FORMS),
+                                 any_encoding=True)
             if placed is None:
                 return False
             where = Path(self.resolver.root, *[s for s in (decode_path(url_path) or "").split("/") if s])
@@ -289,7 +292,7 @@ class KernelCache:
             old = self.entries.get(url_path)
             if old is None and len(self.entries) >= self.config.kernel_cache_entries:
                 self._evict_one()
-            placed = self._store(url_path, bodies, by_form)
+            placed = self._store(url_path, bodies, by_form, any_encoding=not choice.available)
             if placed is None:
                 return False
             if old is not None:
@@ -299,7 +302,7 @@ class KernelCache:
             size = sum(len(b.response) for b in bodies)
             self.entries[url_path] = Entry(url_path, choice.path, snaps[""].validators, placed[0][1], placed[0][0], size,
                                            time.monotonic_ns(), {c: snaps[c].validators for c in codings}, placed[1:],
-                                           forms, choice.vary)
+                                           forms, choice.vary, choice.available)
             self.stats.bytes += size
             self.stats.entries = len(self.entries)
             if cause == "hot" and old is None:
@@ -310,10 +313,11 @@ class KernelCache:
         log.debug("kernel cache: %s %s (%s, %d bytes)", cause, url_path, ", ".join(c or "identity" for c in codings), size)
         return True
 
-    def _store(self, url_path: str, bodies: list["_Body"], by_form: list[int]) -> list[tuple[int, int]] | None:
+    def _store(self, url_path: str, bodies: list["_Body"], by_form: list[int],
+               any_encoding: bool = False) -> list[tuple[int, int]] | None:
         """Put each body under a fresh id, then point url_path's file_cache entry at them: bodies[0]
-        answers a request without Accept-Encoding, bodies[by_form[n]] one with AE_FORMS[n] (-1:
-        none, userspace answers). Returns the (class, id) of each body, or None, leaving nothing
+        answers a request without Accept-Encoding (and with any value, if any_encoding), bodies[by_form[n]]
+        one with AE_FORMS[n] (-1: none, userspace answers). Returns the (class, id) of each body, or None, leaving nothing
         behind, if a map refused (a full map or an oversized key: userspace serves the path)."""
         placed: list[tuple[int, int]] = []
         try:
@@ -323,7 +327,7 @@ class KernelCache:
                 self._put_body(b.cls, body_id, b.response, b.head_len, b.not_modified, b.etag, b.date_slot)
                 placed.append((b.cls, body_id))
             refs = [BodyRef(body_id, cls, len(b.response), b.head_len) for (cls, body_id), b in zip(placed, bodies)]
-            self.maps.set_ref(url_path, refs[0], [refs[i] if i >= 0 else NO_BODY for i in by_form])
+            self.maps.set_ref(url_path, refs[0], [refs[i] if i >= 0 else NO_BODY for i in by_form], any_encoding)
         except Exception as e:  # bcc raises plain Exception for a full map
             log.debug("could not push %s to the kernel cache: %s", url_path, e)
             for cls, body_id in placed:

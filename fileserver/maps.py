@@ -193,12 +193,15 @@ class Maps:
         with contextlib.suppress(KeyError):
             del self.bodies[cls][ct.c_uint(body_id)]
 
-    def set_ref(self, url_path: str, plain: BodyRef, by_form: list[BodyRef] | None = None) -> None:
+    def set_ref(self, url_path: str, plain: BodyRef, by_form: list[BodyRef] | None = None,
+                any_encoding: bool = False) -> None:
         """Point url_path at `plain` (the answer without Accept-Encoding) and by_form[n] at the
-        answer to AE_FORMS[n] (id 0: userspace's); by default the same body."""
+        answer to AE_FORMS[n] (id 0: userspace's); by default the same body. any_encoding: every
+        Accept-Encoding value, known to the kernel or not, gets `plain`."""
         leaf = self.file_cache.Leaf()
         leaf.last_hit_ns = 0
         leaf.hits = 0
+        leaf.any_encoding = int(any_encoding)
         for ref, target in zip([plain, *(by_form or [plain] * NR_AE_FORMS)], [leaf.plain, *leaf.by_form]):
             target.id, target.cls, target.len, target.head_len = ref
         self.file_cache[self._path_key(url_path)] = leaf

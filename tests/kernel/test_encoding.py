@@ -172,3 +172,26 @@ def test_any_accept_encoding_for_a_file_with_one_representation(netns: NetNS, si
             assert without_date(user_answer(srv, c, request)) == without_date(resp), (path, value)
             time.sleep(0.3)
     assert_no_tcp_trouble(netns)
+
+
+def test_a_coding_no_known_form_picks_stays_userspaces(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """--compress and a tiny text file with a .zst sibling: br and gzip made here come out larger,
+    so every form the kernel knows gets the file itself, and none of them picks zstd (they all
+    list br, which wins). Yet "Accept-Encoding: zstd" gets the sibling from userspace: the kernel
+    must not take "every form points at the file" for "the file has no other representation"."""
+    (site / "tiny.txt").write_bytes(b"hi\n")
+    (site / "tiny.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(b"hi\n"))
+    srv: Server = server_factory(site, "--hot-after", "0", "--compress")
+    c = RawClient(netns)
+    c.get("/tiny.txt")
+    time.sleep(0.3)
+    k, u = srv.kernel_hits(), srv.user_hits()
+    assert "content-encoding" not in split_response(c.get("/tiny.txt", "Accept-Encoding: gzip, deflate, br\r\n"))[1]
+    assert (srv.kernel_hits() - k, srv.user_hits() - u) == (1, 0)
+    time.sleep(0.3)
+    for value in ("zstd", "zstd;q=1, gzip;q=0.5"):
+        k, u = srv.kernel_hits(), srv.user_hits()
+        headers = split_response(c.get("/tiny.txt", f"Accept-Encoding: {value}\r\n"))[1]
+        assert headers.get("content-encoding") == "zstd", value
+        assert (srv.kernel_hits() - k, srv.user_hits() - u) == (0, 1), value
+        time.sleep(0.3)

@@ -35,7 +35,8 @@ class FakeDatapath:
     def delete_body(self, cls: int, body_id: int) -> None:
         self.bodies[cls].discard(body_id)
 
-    def set_ref(self, url_path: str, plain: BodyRef, by_form: list[BodyRef] | None = None) -> None:
+    def set_ref(self, url_path: str, plain: BodyRef, by_form: list[BodyRef] | None = None,
+                any_encoding: bool = False) -> None:
         self.refs[url_path] = plain.id
         self.forms[url_path] = [(r.id, r.cls) for r in by_form or []]
 
