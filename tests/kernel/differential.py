@@ -32,6 +32,8 @@ INTERESTING_HEADERS = [
     b"User-Agent: again/2", b"user-agent: lower", b"Server: x", b"Server: y", b'ETag: "x"', b'Etag: "y"',
     b"Max-Forwards: 3", b"Max-Forwards: 4", b"Content-Location: /x", b"Content-Range: bytes 0-1/2",
     b"Content-Type: text/html", b"User-Agents: x", b"ETags: x", b"Servers: x", b"Host: test",
+    b"Content-Encoding: zstd", b"Content-Encoding: gzip", b"Content-Language: en", b"Sec-WebSocket-Key1: 4 @1  46546xW%0l",
+    b"sec-websocket-key2: x", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
 ]
 
 
@@ -83,6 +85,10 @@ REAL_REQUESTS: dict[str, tuple[bytes, bool]] = {
     # aiohttp answers 400 to a second User-Agent (a singleton, as Host is): userspace's answer.
     "two User-Agents": (base_request(headers=[b"Host: test", b"User-Agent: curl/7.88.1", b"Accept: */*",
                                               b"user-agent: curl/7.88.1"]), False),
+    # aiohttp answers 400 to a body coding it cannot decode, and to the old WebSocket handshake.
+    "Content-Encoding: zstd": (base_request(headers=[b"Host: test", b"Accept: */*", b"Content-Encoding: zstd"]), False),
+    "Sec-WebSocket-Key1": (base_request(headers=[b"Host: test", b"Accept: */*", b"Sec-WebSocket-Key1: 4 @1  46546xW%0l"]),
+                           False),
     # llhttp reads Proxy-Connection as Connection: userspace answers, and closes.
     "old proxy, Proxy-Connection: close": (base_request(headers=[b"Host: test", b"Proxy-Connection: close",
                                                                  b"Accept: */*"]), False),
