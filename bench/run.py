@@ -3,7 +3,8 @@
 Contenders (started in turn, same files, same client settings): fileserver with the kernel path,
 fileserver --no-kernel-cache, nginx (1 worker, sendfile, no access log), aiohttp web.static and
 python -m http.server. Clients: wrk -t1 -c50 (keep-alive), ab -k, ab without keep-alive (HTTP/1.0,
-the seed's own command), h2load --h1 -m 8 (8 requests pipelined per connection), and wrk -c1 for
+the seed's own command, at -c50 and -c10), wrk -H 'Connection: close' (a new connection per
+request, HTTP/1.1), h2load --h1 -m 8 (8 requests pipelined per connection), and wrk -c1 for
 latency. Each measurement is repeated in rounds that
 alternate the contenders; ratios are computed pairwise within a round (this machine is noisy) and
 reported as median with min-max. Output: bench/results/<date>.json, a Markdown table, PNG plots.
@@ -143,8 +144,9 @@ def _ms(value: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(ns: Namespace, url: str, conns: int, seconds: float) -> dict[str, float]:
-    return parse_wrk(ns.cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url, timeout=seconds + 60))
+def wrk(ns: Namespace, url: str, conns: int, seconds: float, close: bool = False) -> dict[str, float]:
+    headers = ["-H", "Connection: close"] if close else []
+    return parse_wrk(ns.cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *headers, url, timeout=seconds + 60))
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -250,6 +252,8 @@ def measurements(plan: Plan) -> Iterator[tuple[str, str, str]]:
         if size != "1MiB":
             yield "ab-k-c50", size, path
             yield "ab-c50", size, path
+            yield "ab-c10", size, path
+            yield "wrk-close-c50", size, path
             yield "h2load-m8-c4", size, path
             yield "wrk-c1", size, path
 
@@ -259,6 +263,10 @@ def measure(ns: Namespace, running: Running, plan: Plan, client: str, path: str)
     cpu0, soft0, share0 = running.cpu_seconds(), softirq_seconds(), kernel_share(ns)
     if client == "wrk-c50":
         r = wrk(ns, url, 50, plan.wrk_seconds)
+    elif client == "wrk-close-c50":
+        r = wrk(ns, url, 50, plan.wrk_seconds, close=True)
+    elif client == "ab-c10":
+        r = ab(ns, url, plan.ab_requests, 10, keepalive=False)
     elif client == "wrk-c1":
         r = wrk(ns, url, 1, plan.latency_seconds)
     elif client == "h2load-m8-c4":
@@ -382,7 +390,7 @@ def markdown(report: dict[str, object]) -> str:
         if key.startswith("wrk-c1"):
             lat.append(f"| {key} | " + " | ".join(
                 f"{row[n]['p50_ms']:.3f} / {row[n]['p99_ms']:.3f}" if n in row else "–" for n in CONTENDERS) + " |")
-        if key.startswith("wrk-c50"):
+        if key.startswith(("wrk-c50", "wrk-close-c50", "ab-c10")):   # keep-alive, and a connection per request
             cpu.append(f"| {key} | " + " | ".join(
                 f"{row[n]['server_cpu_s_per_10k']:.2f} + {row[n]['softirq_s_per_10k']:.2f}" if n in row else "–"
                 for n in CONTENDERS) + " |")

@@ -90,6 +90,9 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
               help="Close a connection whose request head is not complete after this many seconds (408).")
 @click.option("--max-connections", type=int, default=_DEFAULTS.max_connections, envvar=_envvar("MAX_CONNECTIONS"),
               help="Most open connections; more are answered 503 and closed.")
+@click.option("--backlog", type=int, default=_DEFAULTS.backlog, envvar=_envvar("BACKLOG"),
+              help="Listen backlog: connections the kernel queues until the server accepts them (capped by "
+                   "net.core.somaxconn).")
 @click.option("--max-url-length", type=int, default=_DEFAULTS.max_url_length, envvar=_envvar("MAX_URL_LENGTH"),
               help="Longest request line (400 beyond).")
 @click.option("--max-header-size", type=int, default=_DEFAULTS.max_header_size, envvar=_envvar("MAX_HEADER_SIZE"),

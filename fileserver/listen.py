@@ -13,9 +13,10 @@ class StartupError(RuntimeError):
     """The server cannot start; the message says why and what to do."""
 
 
-async def start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
-    """Listen on host:port for runner; `what` names the port in the error ("HTTP", "metrics")."""
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+async def start_site(runner: web.BaseRunner, host: str, port: int, what: str, backlog: int = 128) -> None:
+    """Listen on host:port for runner, with that listen backlog; `what` names the port in the error
+    ("HTTP", "metrics")."""
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=backlog)
     try:
         await site.start()
     except OSError as e:

@@ -58,7 +58,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         try:
             # Listen first: a port in use must fail before any TC filter is touched.
             for address in config.bind_addresses:
-                await start_site(runner, address, config.port, "HTTP")
+                await start_site(runner, address, config.port, "HTTP", config.backlog)
             kernel = await stack.enter_async_context(start_kernel_path(config, resolver, memcache))
         except BaseException:
             await runner.cleanup()

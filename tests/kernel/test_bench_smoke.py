@@ -25,7 +25,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     data = json.loads(reports[0].read_text())
     assert data["failures"] == 0
     clients = {(x["contender"], x["client"]) for x in data["results"]}
-    assert {("kernel", "wrk-c50"), ("user", "ab-c50"), ("nginx", "wrk-c1")} <= clients
+    assert {("kernel", "wrk-c50"), ("user", "ab-c50"), ("nginx", "wrk-c1"), ("kernel", "ab-c10"),
+            ("nginx", "wrk-close-c50")} <= clients
+    assert "kernel_vs_nginx" in data["cells"]["wrk-close-c50 128B"]
     for x in data["results"]:
         assert x["rps"] > 0 and x["requests"] > 0
     kernel_wrk = data["cells"]["wrk-c50 128B"]["kernel"]

@@ -272,3 +272,23 @@ def test_access_log_combined_format(netns: NetNS, site: Path, server_factory) ->
     time.sleep(0.2)
     line = [ln for ln in srv.log().splitlines() if "GET /hot.txt" in ln][0]
     assert re.search(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /hot.txt HTTP/1.1" 200 \d+ "http://ref/" "agent/1.0"', line), line
+
+
+def test_listen_backlog(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """The listening socket queues 511 connections by default (nginx's), or --backlog: with 128
+    (aiohttp's), clients the kernel answers and that close at once (wrk -H 'Connection: close')
+    filled the queue faster than Python accepts, and the kernel dropped their SYNs."""
+    for args, expected in (((), "511"), (("--backlog", "700"), "700")):
+        srv = server_factory(site, "--no-kernel-cache", *args, expect_kernel=False)
+        out = netns.run("ss", "-ltnH", "sport = :8080").stdout.split()
+        assert out[0] == "LISTEN" and out[2] == expected, out
+        srv.stop()
+    assert "--backlog must be between" in run_cli_error(site, "--backlog", "0")
+
+
+def run_cli_error(site: Path, *args: str) -> str:
+    from tests.support import run_cli
+
+    r = run_cli("--root", str(site), *args)
+    assert r.returncode != 0
+    return r.stderr
