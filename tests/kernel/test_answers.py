@@ -189,12 +189,12 @@ def test_ab_without_keepalive_answered_by_kernel(netns: NetNS, site: Path, serve
 
 
 def test_ab_over_a_full_accept_queue(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
-    """ab -c 400 overflows the listener's accept queue (128): the listener drops handshakes' last
+    """ab -c 400 overflows the listener's accept queue (--backlog 128): the listener drops handshakes' last
     ACKs and answers with SYN cookies, and clients send requests on connections whose server socket
     does not exist yet. The kernel answers none of those (it would acknowledge a request for a
     socket that then never closes: the client would wait for ever), so every request is answered."""
     ab = require_tool("ab")
-    srv = server_factory(site, "--hot-after", "0")
+    srv = server_factory(site, "--hot-after", "0", "--backlog", "128")   # (the default, 511, would not overflow)
     out = netns.run(ab, "-n", "10000", "-c", "400", "http://127.0.0.1:8080/hot.txt").stdout
     s = nstat(netns)
     assert s.get("TcpExtListenOverflows", 0) > 0, ("the accept queue never overflowed: nothing was tested", s)
