@@ -97,6 +97,51 @@ static __always_inline int begin_one_segment(struct __sk_buff *skb, struct answe
     return FS_CONTINUE;
 }
 
+/* An answer longer than one segment begins: the connection is claimed (conn_sync.h) and, back
+ * from userspace on a request carrying the ACK the socket is owed, the socket gets it first, as
+ * for a one-segment answer (the segment sender rebuilds the skb whole): it would otherwise
+ * retransmit its last bytes into the middle of this answer. The caller then writes the answer's
+ * parts (conn_state.part_*) under the claim and commits (commit_segments). Returns FS_CONTINUE,
+ * FS_RACE or PASS_TOO_BIG (the skb is intact: the socket gets it all), released. */
+static __always_inline int claim_for_segments(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs)
+{
+    if (!conn_claim(cs, ctx->version))
+        return FS_RACE;
+    if (cs->flags & CONN_SOCK_ACK) {
+        struct resp_hdrs h = {};
+        if (!ack_the_socket(skb, &ctx->p, cs, &h)) {
+            ctx->version = conn_release(cs);        /* (so the pass that follows can claim) */
+            return PASS_TOO_BIG;
+        }
+    }
+    return FS_CONTINUE;
+}
+
+/* Record the answer of total bytes in n parts (last_items), cut into segments of seg bytes, for
+ * the segment sender (fs_seg<cls>), and release the claim. Returns FS_ANSWER_SEGMENTS. */
+static __always_inline int commit_segments(struct answer_ctx *ctx, struct conn_state *cs, __u32 total,
+                                           __u32 variant, __u32 seg, __u32 n)
+{
+    struct pkt *p = &ctx->p;
+    record_answer(cs, bpf_ntohl(p->tcp.seq), p->payload_len, total, variant, ctx->rolled_back, n);
+    cs->seg_size = seg;
+    cs->fast_ack = cs->srv_next - total - 1;        /* none yet */
+    /* The request is not acknowledged until the client has every byte of the answer: any loss
+     * then makes the client send the request again, which says (in its ACK) what it has, so a
+     * lost segment is always recovered, without a timer here (DESIGN.md section 4, option 1).
+     * The pure ACK follows the client's ACK of the whole answer. */
+    CONN_SET(cs, CONN_UNACKED);
+    ctx->version = conn_release(cs);
+    ctx->seg_off = 0;
+    ctx->seg_end = total;
+    ctx->seg_resend = 0;
+    ctx->probe = 0;
+    ctx->ack_seq = p->tcp.seq;                      /* what the server acknowledged before */
+    ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
+    ctx->tsecr = p->tsval;
+    return FS_ANSWER_SEGMENTS;
+}
+
 /* Rewrite skb into the response for the request in p and update the connection's deltas; or, for
  * an answer longer than one segment, record it for the segment sender (FS_ANSWER_SEGMENTS).
  * Inlined once per size class so `size` is a constant the verifier can bound reads with.
@@ -129,39 +174,13 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
         if (kind != KIND_FULL || date_off != DATE_SLOT_OFFSET || seg < MIN_SEG_PAYLOAD || hx + extra > seg ||
             total > seg * MAX_SEGS)
             return PASS_TOO_BIG;
-        if (!conn_claim(cs, ctx->version))
-            return FS_RACE;
-        /* Back from userspace on a request carrying the ACK the socket is owed: hand it over
-         * first, as for a one-segment answer (the segment sender rebuilds the skb whole). The
-         * socket would otherwise retransmit its last bytes into the middle of this answer. */
-        if (cs->flags & CONN_SOCK_ACK) {
-            struct resp_hdrs h = {};
-            if (!ack_the_socket(skb, p, cs, &h)) {
-                ctx->version = conn_release(cs);    /* (so the pass that follows can claim) */
-                return PASS_TOO_BIG;                /* (the skb is intact: the socket gets it all) */
-            }
-        }
-        record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back, 1);
-        cs->resp_id = ctx->ref.id;
-        cs->resp_cls = ctx->ref.cls;
-        cs->resp_kind = kind;
-        cs->resp_variant = variant;
-        cs->seg_size = seg;
-        cs->fast_ack = cs->srv_next - total - 1;    /* none yet */
-        /* The request is not acknowledged until the client has every byte of the answer: any
-         * loss then makes the client send the request again, which says (in its ACK) what it
-         * has, so a lost segment is always recovered, without a timer here (DESIGN.md section 4,
-         * option 1). The pure ACK follows the client's ACK of the whole answer. */
-        CONN_SET(cs, CONN_UNACKED);
-        ctx->version = conn_release(cs);
-        ctx->seg_off = 0;
-        ctx->seg_end = total;
-        ctx->seg_resend = 0;
-        ctx->probe = 0;
-        ctx->ack_seq = p->tcp.seq;                  /* what the server acknowledged before */
-        ctx->tsval = p->has_ts ? our_tsval(cs, p->tsecr) : 0;
-        ctx->tsecr = p->tsval;
-        return FS_ANSWER_SEGMENTS;
+        int r = claim_for_segments(skb, ctx, cs);
+        if (r != FS_CONTINUE)
+            return r;
+        cs->part_id[0] = ctx->ref.id;
+        cs->part_len[0] = total;
+        cs->part_cv[0] = PART_CV(ctx->ref.cls, variant);
+        return commit_segments(ctx, cs, total, variant, seg, 1);
     }
     __u32 frame = ETH_HLEN_ + l3 + thl + total;
     if (frame > MAX_FRAME)
@@ -248,6 +267,54 @@ static __always_inline int answer_request(struct __sk_buff *skb, struct answer_c
 
 /* ---- Pipelined requests answered together ---------------------------------------------------- */
 
+/* Answers to pipelined requests that need more than one segment together: each answer starts a
+ * segment of its own (a part, conn_state.part_*), so every segment is cut from one stored body as a
+ * single answer's are, and the loss recovery of those (in_flight) holds unchanged. A few more
+ * segments than packing the answers would take, when they are small; one body per segment keeps
+ * each segment one tail call. The segments count against the tail calls left to this packet:
+ * fs_parse's, this sender's, and the tail loss probe's (MAX_TAIL_CALLS). Returns
+ * FS_ANSWER_SEGMENTS, or FS_RACE or a pass reason (nothing changed: the segment passes whole). */
+static __always_inline int batch_in_segments(struct __sk_buff *skb, struct answer_ctx *ctx, struct conn_state *cs,
+                                             __u32 seg)
+{
+    __u32 n = ctx->n_items, segs = 0;
+    if (seg < MIN_SEG_PAYLOAD || n > MAX_BATCH)
+        return PASS_PIPELINED;
+    for (int k = 0; k < MAX_BATCH; k++) {
+        if (k >= n)
+            break;
+        struct batch_item *it = &ctx->items[k];
+        __u32 extra = variant_extra(it->variant);
+        /* (the head and the variant's line in the answer's first segment, as for one answer) */
+        if (it->len > seg && (it->is_head || it->head_len + extra > seg))
+            return PASS_PIPELINED;
+        segs += (it->len + seg - 1) / seg;
+        /* Every body is checked now, not when its segments are cut: committed, a body found gone
+         * then could only end the connection (resend_gone); now the segment passes whole. */
+        struct body_hdr *h = class_body(it->cls, &it->id);
+        if (!h)
+            return PASS_CACHE_RACE;
+        __u32 rlen = it->is_head ? h->head_len : h->len;
+        if (rlen + extra != it->len || !stored_answer_ok(rlen, class_size(it->cls) - NM_REGION, h->date_off) ||
+            !variant_fits(extra, h->head_len - 2, rlen, h->date_off))
+            return PASS_CACHE_RACE;
+    }
+    if (ctx->parse_calls + 1 + segs + 1 > MAX_TAIL_CALLS)
+        return PASS_PIPELINED;
+    int r = claim_for_segments(skb, ctx, cs);
+    if (r != FS_CONTINUE)
+        return r;
+    for (int k = 0; k < MAX_BATCH; k++) {
+        if (k >= n)
+            break;
+        struct batch_item *it = &ctx->items[k];
+        cs->part_id[k] = it->id;
+        cs->part_len[k] = it->len;
+        cs->part_cv[k] = PART_CV(it->cls, it->variant);
+    }
+    return commit_segments(ctx, cs, ctx->batch_total, ctx->items[(n - 1) & (MAX_BATCH - 1)].variant, seg, n);
+}
+
 /* Write item ctx->item of a batch of pipelined requests (answer_ctx.items, all hits: handle_parse)
  * from its body, of size class cls, into the one segment that answers them all, at the item's
  * offset. The first item also checks the whole answer fits the client's window and one segment,
@@ -288,8 +355,9 @@ static __always_inline int send_batch_item(struct __sk_buff *skb, struct answer_
         __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
         if (total > win)
             return PASS_WINDOW;
-        if (total > seg_payload(skb, cs, l3, thl) || poff + total > MAX_FRAME)
-            return PASS_PIPELINED;                  /* several segments: userspace's, for now */
+        __u32 seg = seg_payload(skb, cs, l3, thl);
+        if (total > seg || poff + total > MAX_FRAME)
+            return batch_in_segments(skb, ctx, cs, seg);
         __u32 hsum, psum;
         int r = begin_one_segment(skb, ctx, cs, total, thl, l3, &hsum, &psum);
         if (r != FS_CONTINUE)
@@ -352,6 +420,10 @@ static __always_inline int send_ack(struct __sk_buff *skb, struct answer_ctx *ct
         return FS_DROP;
     }
     store_tcp_csum(skb, l3, psum, hsum, 0, 0, NULL);
+    if (!conn_unchanged(cs, ctx->version)) {        /* (as in send_segment) */
+        COUNT(races);
+        return FS_DROP;
+    }
     COUNT(acks);
     skb->mark = KERNEL_MARK;
     return FS_REDIRECT;
@@ -367,30 +439,42 @@ static __always_inline int resend_gone(struct answer_ctx *ctx)
     return FS_DROP;
 }
 
-/* Send answer bytes [seg_off, seg_off + seg_size) of the connection's last answer (a 200 of the
- * entry whose body is h/data), then, if more is due, clone it out and tail-call for the next. The
- * bytes are those of the first sending: the stored version, the same variant; the Date is current,
- * but it sits in the first segment, which is only resent to a client that has none of the answer. */
+/* Send the segment at answer byte seg_off of the connection's last answer, then, if more is due,
+ * clone it out and tail-call for the next. A segment is cut from one part (conn_state.part_*: one
+ * request's answer), seg_size bytes from the part's start at a time, from its body, of size class
+ * cls: the bytes of the first sending, the stored version, the same variant. The Date is current,
+ * but it sits in the part's first segment, which is resent whole: a client keeps one copy.
+ * Segments start at those cuts, or at the last byte (the tail probe); the inserted line, the
+ * HTTP/1.0 digit and the Date are only ever in a part's first segment (DESIGN.md section 4). */
 static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
-                                        struct conn_state *cs, struct clock *clk, struct body_hdr *bh,
-                                        __u8 *data, const __u32 size, const int cls)
+                                        struct conn_state *cs, struct clock *clk, const int cls)
 {
-    const __u32 region = size - NM_REGION;
-    __u8 *full = data + NM_REGION;
-    __u32 variant = cs->resp_variant;
+    const __u32 region = class_size(cls) - NM_REGION;
+    __u32 off = ctx->seg_off, seg = cs->seg_size, total = cs->last_resp_len;
+    __u32 ps = 0, pe = 0;
+    int k = find_part(cs, off, &ps, &pe);
+    if (k < 0 || seg == 0 || off >= total)
+        return FS_DROP;
+    __u32 cv = cs->part_cv[k & (MAX_BATCH - 1)];
+    if (PART_CLS(cv) != cls)
+        return FS_DROP;                             /* (the caller picks the sender by part_cls) */
+    struct body_hdr *bh = class_body(cls, &cs->part_id[k & (MAX_BATCH - 1)]);
+    if (!bh)
+        return resend_gone(ctx);
+    __u8 *full = body_data(bh) + NM_REGION;
+    __u32 variant = PART_VARIANT(cv);
     __u32 extra = variant_extra(variant);
-    __u32 rlen = bh->len, hx = bh->head_len - 2;
-    __u32 total = rlen + extra;
-    if (rlen > region || total != cs->last_resp_len || hx >= CHUNK || hx < DATE_SLOT_OFFSET + DATE_SLOT_LEN)
+    __u32 plen = pe - ps, rlen = plen - extra;
+    __u32 hx = bh->head_len - 2, date_off = bh->date_off;
+    if ((rlen != bh->len && rlen != bh->head_len) || !stored_answer_ok(rlen, region, date_off) ||
+        !variant_fits(extra, hx, rlen, date_off) || hx >= CHUNK)
         return resend_gone(ctx);                    /* (the id was reused: not the same answer) */
-    __u32 off = ctx->seg_off, seg = cs->seg_size;
-    if (off >= total || seg == 0)
-        return FS_DROP;
-    __u32 len = total - off < seg ? total - off : seg;
-    if (off == 0 && len < hx + extra)
-        return FS_DROP;
-    if (off && off < extra)
-        return FS_DROP;
+    __u32 rel = off - ps;
+    __u32 len = plen - rel < seg ? plen - rel : seg;
+    /* A cut inside the head: only after the path's MTU fell below a head's length (learn_path_mtu).
+     * Its bytes cannot be sent in pieces: userspace resets the connection. */
+    if ((rel == 0 && len < plen && len < hx + extra) || (rel && rel < hx + extra))
+        return resend_gone(ctx);
     __u32 thl = tcp_hdr_len(ctx->p.has_ts);
     __u32 l3 = ip_hlen(&ctx->p);
     __u32 poff = ETH_HLEN_ + l3 + thl;
@@ -402,10 +486,11 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     struct resp_hdrs h = {};
     segment_hdrs(&h, ctx, cs, start + off, len, thl, off + len == total);
     long err = store_hdrs(skb, &h, ctx->p.v6, ctx->p.has_ts);
-    if (off == 0) {
-        err |= store_variant(skb, poff, full, len - extra, hx, variant, extra, clk->date, DATE_SLOT_OFFSET, region);
+    if (rel == 0) {
+        err |= store_variant(skb, poff, full, len - extra, hx, variant, extra, clk->date, date_off, region);
     } else {
-        err |= store_slice(skb, poff, full, off - extra, len, region);
+        /* (past the inserted line, answer byte rel is stored byte rel - extra) */
+        err |= store_slice(skb, poff, full, rel - extra, len, region);
     }
     if (err) {
         COUNT_ERR(ERR_STORE);
@@ -414,6 +499,12 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
     __u32 psum;
     __u32 hsum = header_sum(&h, ctx->p.v6, ctx->p.has_ts, len, &psum);
     store_tcp_csum(skb, l3, psum, hsum, poff, len, rb->b);  /* (the request buffer is free now) */
+    /* Another CPU may have committed a new answer while this one was cut (a resend chain here, the
+     * client's next request there): its offsets and parts would not be this segment's. */
+    if (!conn_unchanged(cs, ctx->version)) {
+        COUNT(races);
+        return FS_DROP;
+    }
     if (ctx->probe)
         COUNT(probes);
     else if (ctx->seg_resend)
@@ -433,15 +524,19 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
         ctx->seg_off = total - 1;
         ctx->seg_end = total;
         bpf_clone_redirect(skb, skb->ifindex, 0);
-        progs.call(skb, PROG_SEG0 + cls);
+        progs.call(skb, PROG_SEG0 + cls);          /* (the last byte is this part's) */
         return FS_DROP;                             /* (no tail call: no probe, as if lost) */
     }
     if (off < ctx->seg_end && off < total) {
         if (!ctx->seg_resend)
             COUNT(segments);
         ctx->seg_off = off;
+        /* The next part's body may be of another class (pipelined answers). */
+        __u32 next = cls;
+        if (off >= pe && k + 1 < MAX_BATCH)
+            next = PART_CLS(cs->part_cv[(k + 1) & (MAX_BATCH - 1)]);
         bpf_clone_redirect(skb, skb->ifindex, 0);
-        progs.call(skb, PROG_SEG0 + cls);
+        progs.call(skb, PROG_SEG0 + (next < NR_CLASSES ? next : 0));
         return FS_DROP;                             /* no tail call: the rest counts as lost */
     }
     /* The last one goes out as a clone too, and the skb itself is dropped. On lo and veth the skb
@@ -451,13 +546,4 @@ static __always_inline int send_segment(struct __sk_buff *skb, struct answer_ctx
      * skb_still_in_host_queue), and that retransmission is how the loss gets repaired. */
     bpf_clone_redirect(skb, skb->ifindex, 0);
     return FS_DROP;
-}
-
-/* fs_seg<cls>: send the segments of the connection's last answer (body of size class cls) that
- * answer_ctx names. */
-static __always_inline int send_segments(struct __sk_buff *skb, struct answer_ctx *ctx, struct req_buf *rb,
-                                         struct conn_state *cs, struct clock *clk, const int cls)
-{
-    struct body_hdr *h = class_body(cls, &cs->resp_id);
-    return h ? send_segment(skb, ctx, rb, cs, clk, h, body_data(h), class_size(cls), cls) : resend_gone(ctx);
 }

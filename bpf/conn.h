@@ -164,11 +164,16 @@ static __always_inline void learn_path_mtu(struct __sk_buff *skb, struct pkt *p,
                 tell_close(k, CLOSE_ABORT);
         } else {
             cs->path_mtu = mtu;
-            __u32 seg = seg_payload(skb, cs, ip_hlen(p), tcp_hdr_len(cs->flags & CONN_TS_SEEN));
-            if (seg && cs->seg_size > seg)
-                cs->seg_size = seg;                 /* (an answer in flight: its resends) */
         }
         COUNT(path_mtu);
+    }
+    /* An answer in flight: its resends. Each error about one of its segments clamps, not only one
+     * that lowered the MTU: an answer committed on another CPU meanwhile may have recorded a
+     * segment size from before, and the client would then never get the segments it lacks. */
+    if (ours && cs->path_mtu > 1) {
+        __u32 seg = seg_payload(skb, cs, ip_hlen(p), tcp_hdr_len(cs->flags & CONN_TS_SEEN));
+        if (seg && cs->seg_size > seg)
+            cs->seg_size = seg;
     }
     __u32 sock = ours ? cs->srv_next - cs->delta_out : seq - cs->delta_out;
     if (sock != seq) {
@@ -337,6 +342,34 @@ static __always_inline int ack_the_socket(struct __sk_buff *skb, struct pkt *p, 
     return 1;
 }
 
+/* The part (conn_state.part_*) of the connection's last answer that answer byte off falls in:
+ * its index, with the answer bytes [*start, *end) it spans; -1 past the end. */
+static __always_inline int find_part(struct conn_state *cs, __u32 off, __u32 *start, __u32 *end)
+{
+    __u32 s = 0, n = cs->last_items;
+    for (int k = 0; k < MAX_BATCH; k++) {
+        if (k >= n)
+            break;
+        __u32 e = s + cs->part_len[k];
+        if (off < e) {
+            *start = s;
+            *end = e;
+            return k;
+        }
+        s = e;
+    }
+    return -1;
+}
+
+/* The size class of the body the segment at answer byte off is cut from (any, past the end: the
+ * pure ACK). */
+static __always_inline __u32 part_cls(struct conn_state *cs, __u32 off)
+{
+    __u32 s, e;
+    int k = find_part(cs, off, &s, &e);
+    return k < 0 ? 0 : PART_CLS(cs->part_cv[k & (MAX_BATCH - 1)]);
+}
+
 /* A segment of a connection whose multi-segment answer the client does not wholly have yet (or has
  * just completed with this ACK). Returns FS_RESEND with answer_ctx set up, FS_HOLD, or FS_CONTINUE
  * (the segment is handled as usual). */
@@ -384,7 +417,11 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *c
         ctx->ack_seq = bpf_htonl(cs->next_seq);
         return FS_RESEND;
     }
-    __u32 from = (ack - start) / seg * seg;         /* the first segment it lacks */
+    /* The first segment it lacks: each part is cut into segments from its own start. */
+    __u32 ps = 0, pe = 0;
+    if (find_part(cs, ack - start, &ps, &pe) < 0)
+        return FS_CONTINUE;                         /* (not while !whole) */
+    __u32 from = ps + (ack - start - ps) / seg * seg;
     ctx->ack_seq = bpf_htonl(cs->last_req_seq);     /* still not acknowledging the request */
     ctx->seg_off = from;
     if (request_again) {
@@ -393,9 +430,9 @@ static __always_inline int in_flight(struct __sk_buff *skb, struct answer_ctx *c
     }
     /* A duplicate ACK with SACK blocks: the client holds data beyond a hole at ack. Send that one
      * segment once per hole; a lost resend is recovered when the client sends the request again. */
-    if (ack != cs->fast_ack && has_sack(skb, p)) {
+    if (ack != cs->fast_ack && sack_beyond(skb, p, ack)) {
         cs->fast_ack = ack;
-        ctx->seg_end = from + seg < total ? from + seg : total;
+        ctx->seg_end = from + seg < pe ? from + seg : pe;
         return FS_RESEND;
     }
     /* Progress. Kept from the socket: it has nothing outstanding, and it may answer an ACK from

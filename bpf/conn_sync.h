@@ -41,6 +41,13 @@ static __always_inline __u64 conn_release(struct conn_state *cs)
     return __sync_fetch_and_add(&cs->version, 1) + 1;
 }
 
+/* Nothing changed the connection since `seen`, read before the fields the caller built a segment
+ * from: the seqlock reader's check, after its reads. */
+static __always_inline int conn_unchanged(struct conn_state *cs, __u64 seen)
+{
+    return conn_version(cs) == seen;
+}
+
 /* The server socket took the connection (egress: it sends data or its FIN). A change another CPU
  * has not claimed yet must fail: it would share sequence space with the socket. (One already
  * claimed commits: in practice the segment is a keep-alive timeout's FIN, and the client meets

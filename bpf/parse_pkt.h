@@ -234,12 +234,26 @@ static __always_inline int find_ts(struct __sk_buff *skb, struct pkt *p, __u32 *
     return 1;
 }
 
-/* Does the segment carry a SACK option (the client holds data beyond a hole)? */
-static __always_inline int has_sack(struct __sk_buff *skb, struct pkt *p)
+/* Does the segment's SACK option say the client holds data beyond a hole at ack: a block that
+ * starts after it? A D-SACK block (RFC 2883 section 4: the first block, below the cumulative ACK
+ * or inside the next block) reports bytes received twice, such as a resend that began below ack,
+ * and no hole of its own. */
+static __always_inline int sack_beyond(struct __sk_buff *skb, struct pkt *p, __u32 ack)
 {
     __u8 opt[TCP_MAX_OPTLEN] = {};
     __u32 at = 0, len = 0;
-    return find_option(skb, p, TCPOPT_SACK, opt, &at, &len);
+    if (!find_option(skb, p, TCPOPT_SACK, opt, &at, &len))
+        return 0;
+    for (__u32 i = 0; i < 4; i++) {                 /* (at most 4 blocks fit the options) */
+        __u32 b = at + 2 + i * 8;
+        if (b + 8 > at + len || b > TCP_MAX_OPTLEN - 8)
+            break;
+        __u32 left;
+        __builtin_memcpy(&left, &opt[b], 4);
+        if ((__s32)(bpf_ntohl(left) - ack) > 0)
+            return 1;
+    }
+    return 0;
 }
 
 /* The MSS option of a SYN (RFC 9293 section 3.7.1: 536 when absent). */

@@ -93,13 +93,15 @@ struct conn_state {
     __u32 srv_isn1;         /* the server socket's first data sequence number (ISN + 1; its own view) */
     __u32 srv_tsval;        /* newest TSval sent on the connection, by the socket or the kernel
                              * (host order; valid with CONN_TS_SEEN) */
-    /* The last answer, kept so lost segments of a multi-segment answer can be sent again with the
-     * same bytes (its Date is in the first segment, which is resent only if the client has none). */
-    __u32 resp_id;          /* body id */
-    __u8 resp_cls;          /* its size class */
-    __u8 resp_kind;         /* KIND_* */
-    __u8 resp_variant;      /* VAR_* */
-    __u8 pad2;
+    /* The last answer, if longer than one segment, kept so its lost segments can be sent again
+     * with the same bytes: one part per request it answered (last_items of them; several:
+     * pipelined), each cut into segments of its own (answer.h: send_segment). Part k is the first
+     * part_len[k] bytes of the 200 answer of body part_id[k] in one variant (a GET's: all of it; a
+     * HEAD's: its head), the variant's header line included. Arrays, the class and variant in one
+     * byte (PART_CV): the entry must stay within 160 bytes (below). */
+    __u32 part_id[MAX_BATCH];
+    __u16 part_len[MAX_BATCH];
+    __u8 part_cv[MAX_BATCH];    /* PART_CV(size class, VAR_*) */
     __u16 seg_size;         /* payload bytes per segment */
     __u16 client_mss;       /* from the client's SYN */
     __u32 fast_ack;         /* last duplicate ACK a segment was resent for (once per hole) */
@@ -111,8 +113,16 @@ struct conn_state {
     __u32 out_ifindex;      /* the interface the socket's own segments leave by (0: none seen yet) */
     __u8 next_hop[6];       /* and their destination MAC: the next hop the socket's route chose */
     __u16 pad3;
-    __u32 pad4;
 };
+/* A conn_state element of the hash (BPF_F_NO_PREALLOC: bpf_mem_alloc) is its 48-byte htab_elem
+ * header, the key rounded up to 8 (40), the value and an 8-byte list node: with a value up to 160
+ * bytes that is one 256-byte object; one byte more and every connection takes 512. */
+_Static_assert(sizeof(struct conn_state) <= 160, "conn_state outgrows its 256-byte allocation");
+#define PART_CV(cls, variant) ((cls) | (variant) << 4)
+#define PART_CLS(cv) ((cv) & 15)
+#define PART_VARIANT(cv) ((cv) >> 4)
+_Static_assert(NR_CLASSES <= 16 && NR_VARIANTS <= 16, "a part's class and variant share a byte");
+_Static_assert(CLASS5_DATA + KEEP_HDR_LEN <= 0xffff, "part_len holds every answer");
 
 /* What is left of a closed connection's state (closed_conns): the deltas, for the segments a
  * socket in TIME_WAIT may still exchange with the client. */
@@ -212,6 +222,7 @@ struct batch_item {
     __u32 off;                  /* where its answer starts in the segment's payload */
     __u32 variant;              /* VAR_* */
     __u32 is_head;
+    __u32 head_len;             /* its stored head (variant's line not included) */
 };
 
 /* What fs_ingress learnt about the segment, for the programs it tail-calls. */
@@ -235,6 +246,7 @@ struct answer_ctx {
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
     __u32 probe;                /* the tail probe is being sent (answer.h: send_segment) */
+    __u32 parse_calls;          /* fs_parse calls so far (the tail calls left bound the segments) */
     struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
     /* Pipelined requests answered together (answer.h: send_batch): items[0, n_items), their
      * answers concatenated into one segment of batch_total bytes, written by one fs_send<cls> per

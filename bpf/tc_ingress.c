@@ -81,6 +81,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     ctx->undone_items = *rolled_back ? cs->last_items : 0;
     ctx->n_items = 0;                               /* (no pipelined requests so far) */
     ctx->batch_total = 0;
+    ctx->parse_calls = 0;
     return load_request(skb, p, rb, 0);
 }
 
@@ -194,7 +195,7 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     if (cs->flags & CONN_UNACKED) {
         int f = in_flight(skb, ctx, cs);
         if (f == FS_RESEND) {
-            call_segment_sender(skb, cs->resp_cls);
+            call_segment_sender(skb, part_cls(cs, ctx->seg_off));
             return FS_DROP;                         /* no tail call: as if lost, and recovered alike */
         }
         if (f == FS_HOLD) {
@@ -272,6 +273,7 @@ static __always_inline int add_to_batch(struct __sk_buff *skb, struct req_buf *r
     it->id = b->id;
     it->cls = b->cls;
     it->is_head = rb->path_start == 5;
+    it->head_len = b->head_len;
     it->variant = variant;
     it->len = (it->is_head ? b->head_len : b->len) + variant_extra(variant);
     it->off = ctx->batch_total;
@@ -292,6 +294,7 @@ static __always_inline int handle_parse(struct __sk_buff *skb)
         return FS_PASS;
     struct req_buf *rb = t.rb;
     struct answer_ctx *ctx = t.ctx;
+    ctx->parse_calls++;
     __u32 stage = rb->stage;
     int r = parse_window(rb, stage);
     if (r == FS_PARSE && stage + 1 < NR_PARSE_STAGES) {
@@ -357,10 +360,14 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
             conn_release(cs);                       /* (the tail call failed: the skb is half written) */
             return FS_DROP;
         }
-        if (r == FS_REDIRECT) {
+        if (r == FS_REDIRECT || r == FS_ANSWER_SEGMENTS) {
             if (cs->flags & CONN_CLOSING)
                 tell_close(&ctx->key, CLOSE_WANTED);
             count_batch(ctx, cs, ctx->undone_items);
+            if (r == FS_ANSWER_SEGMENTS) {
+                call_segment_sender(skb, ctx->items[0].cls);
+                return FS_DROP;                     /* no tail call: as if lost, and recovered alike */
+            }
             return FS_REDIRECT;
         }
         if (r == FS_DROP)
@@ -405,5 +412,5 @@ static __always_inline int handle_seg(struct __sk_buff *skb, const int cls)
     struct clock *clk = clock.lookup(&zero);
     if (!clk)
         return FS_DROP;
-    return send_segments(skb, t.ctx, t.rb, t.cs, clk, cls);
+    return send_segment(skb, t.ctx, t.rb, t.cs, clk, cls);
 }
