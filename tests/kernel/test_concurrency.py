@@ -53,6 +53,13 @@ def spin_and_inject(mm: mmap.mmap, raw: socket.socket, dst: str) -> None:
         last = gen
 
 
+def stuck_report(veth, srv: Server, conn: int, i: int) -> str:  # type: ignore[no-untyped-def]
+    """What a connection that stopped getting answers looked like: both sockets and the counters."""
+    m = {k: v for k, v in srv.metrics().items() if v and k.startswith("fileserver_kernel")}
+    sockets = [ns.run("ss", "-tniH", "state", "all", "( sport = :8080 or dport = :8080 )").stdout for ns in (veth.client, veth.server)]
+    return f"no answer on connection {conn}, round {i}\nclient: {sockets[0]}\nserver: {sockets[1]}\n{m}"
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel-cache"])
 def test_duplicates_on_two_cpus_at_once(veth, site: Path, kernel: bool) -> None:  # type: ignore[no-untyped-def]
     require(len(os.sched_getaffinity(0)) >= 2, "this test needs two CPUs to run one connection on both")
@@ -83,7 +90,10 @@ def test_duplicates_on_two_cpus_at_once(veth, site: Path, kernel: bool) -> None:
                 gen += 1
                 struct.pack_into("II", mm, 0, gen, len(seg))   # the copier sends it now ...
                 c.send(req)                                     # ... and so does the client
-                resp = c.read_response()
+                try:
+                    resp = c.read_response()
+                except TimeoutError:
+                    raise AssertionError(stuck_report(veth, srv, conn, i)) from None
                 if req is HIT:
                     assert body_of(resp) == SITE_FILES["hot.txt"], (conn, i)
                 else:
@@ -101,7 +111,14 @@ def test_duplicates_on_two_cpus_at_once(veth, site: Path, kernel: bool) -> None:
         m = srv.metrics()
         print("kernel answers", m["fileserver_requests_total{path=kernel}"], "races",
               m.get("fileserver_kernel_races_total", 0))
-        assert_no_tcp_trouble(veth.client, duplicates=True)
+        # The copy is sent the moment the client is about to send: now and then it overtakes the
+        # client's own segment, and the answer to it, which acknowledges the request, reaches the
+        # client before its TCP has sent those bytes. Linux answers an ACK of unsent data with a
+        # challenge ACK and drops the segment (RFC 5961 section 5.2; tcp_ack), then gets the answer
+        # again for its own request: seen once in 4,000 rounds. The kernel path answers at once,
+        # so it meets this more often than the socket, whose ACK comes later; a mistake in the
+        # kernel's acknowledgements would make one a round.
+        assert_no_tcp_trouble(veth.client, duplicates=True, challenge_acks=CONNECTIONS * ROUNDS // 400)
         assert nstat(veth.server).get("TcpExtTCPAbortOnData", 0) == 0
     finally:
         if child:
