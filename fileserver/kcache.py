@@ -120,18 +120,26 @@ class KernelCache:
     def on_user_served(self, url_path: str, snap: Snapshot) -> None:
         """Called by the userspace handler after a full 200 GET of a small file (or of one of its
         precompressed siblings: snap.validators.coding)."""
+        cause = self.refresh_due(url_path, snap)
+        if cause is not None:
+            self.refresh(url_path, cause=cause)
+
+    def refresh_due(self, url_path: str, snap: Snapshot) -> str | None:
+        """Count a userspace answer (on_user_served's arguments); the cause of the refresh it calls
+        for ("hot", "modified"), or None. Cheap: the refresh itself reads and may compress the
+        file, which a caller on the event loop does elsewhere."""
         if not self.eligible(snap):
-            return
+            return None
         with self._lock:
             entry = self.entries.get(url_path)
             if entry is not None:
                 entry.user_hit_ns = time.monotonic_ns()
                 if snap.validators in entry.variants.values():
-                    return  # already cached (this request just raced the push or was ineligible in BPF)
+                    return None  # already cached (this request just raced the push or was ineligible in BPF)
             self._hits[url_path] += 1
             if self._hits[url_path] < self.config.hot_after and entry is None:
-                return
-        self.refresh(url_path, cause="hot" if entry is None else "modified")
+                return None
+        return "hot" if entry is None else "modified"
 
     def on_user_missing(self, url_path: str) -> None:
         """Called by the userspace handler after a 404 for a path that does not exist."""

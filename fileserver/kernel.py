@@ -109,6 +109,13 @@ class ActiveKernelPath(KernelPath):
         self._mtus: dict[int, int] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the maintenance thread against a reload
+        # Refreshes that userspace answers call for run here, one at a time, off the event loop: a
+        # refresh reads the file and, with --compress, compresses it in every coding (brotli's
+        # best quality takes tens of milliseconds for 16 KiB). Created lazily, from the event
+        # loop's thread, after the capabilities were dropped there.
+        self._refresher: ThreadPoolExecutor | None = None
+        self._refreshing: set[str] = set()
+        self._refresh_lock = threading.Lock()  # (not _lock: a reload holds that for seconds)
         try:
             self.maps.refresh_clock(self.dates.now())
             self._refresh_mtus()
@@ -234,6 +241,10 @@ class ActiveKernelPath(KernelPath):
 
     def stop(self) -> None:
         self._stop.set()
+        with self._refresh_lock:
+            refresher = self._refresher
+        if refresher is not None:
+            refresher.shutdown(wait=True, cancel_futures=True)
         for name in ("_thread", "_closer"):
             if hasattr(self, name):
                 getattr(self, name).join(timeout=5)
@@ -302,11 +313,34 @@ class ActiveKernelPath(KernelPath):
     # -- queries ----------------------------------------------------------------------------------
 
     def on_user_served(self, path: str, snap: Snapshot) -> None:
-        """Count a userspace answer towards hotness; never let the kernel cache fail that answer."""
+        """Count a userspace answer towards hotness and hand the refresh it calls for to the
+        refresher thread; never let the kernel cache fail that answer."""
         try:
-            self.cache.on_user_served(path, snap)
+            cause = self.cache.refresh_due(path, snap)
         except Exception:
             log.exception("kernel cache update for %s failed (the file is still served from userspace)", path)
+            return
+        if cause is None or self._stop.is_set():
+            return
+        with self._refresh_lock:
+            if path in self._refreshing:
+                return  # (already on its way: the same file's other requests meanwhile)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fileserver-refresh")
+            self._refreshing.add(path)
+            try:
+                self._refresher.submit(self._refresh, path, cause)
+            except RuntimeError:
+                self._refreshing.discard(path)  # (stopping: the executor is shut down)
+
+    def _refresh(self, path: str, cause: str) -> None:
+        try:
+            self.cache.refresh(path, cause=cause)
+        except Exception:
+            log.exception("kernel cache update for %s failed (the file is still served from userspace)", path)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.discard(path)
 
     def on_user_missing(self, path: str) -> None:
         """Count a userspace 404 of a missing path towards a negative entry; never fail it."""

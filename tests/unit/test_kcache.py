@@ -100,3 +100,19 @@ def test_each_accept_encoding_form_points_at_the_representation_userspace_picks(
     cache.drop("/a.txt")
     cache.reap(time.monotonic() + RESEND_GRACE_S + 1)
     assert dp.bodies[0] == set()   # all three retired
+
+
+def test_a_userspace_answer_says_which_refresh_it_calls_for_and_pushes_nothing(tmp_path: Path) -> None:
+    """refresh_due runs on the event loop for every userspace answer of a small file: it counts
+    and names the refresh due, and leaves the refresh (reading, compressing) to its caller's
+    refresher thread."""
+    dp = FakeDatapath(capacity=8)
+    cache = KernelCache(dp, Resolver(tmp_path), None, Config(root=tmp_path, hot_after=2),  # type: ignore[arg-type]
+                        lambda: "Sun, 22 Nov 2026 00:00:00 GMT")
+    snap = snapshot(tmp_path, b"one", 1)[""]
+    assert cache.refresh_due("/a.txt", snap) is None  # one answer of the two that make it hot
+    assert cache.refresh_due("/a.txt", snap) == "hot"
+    assert dp.refs == {}
+    assert cache._push("/a.txt", plain(tmp_path), reps(snapshot(tmp_path, b"one", 1)), "hot")
+    assert cache.refresh_due("/a.txt", snap) is None  # this version is cached
+    assert cache.refresh_due("/a.txt", snapshot(tmp_path, b"two", 2)[""]) == "modified"
