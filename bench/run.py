@@ -33,7 +33,10 @@ REPO = HERE.parent
 PORT = 18080
 METRICS_PORT = 19180
 SIZES = {"128B": 128, "1KiB": 1024, "4KiB": 4096, "12KiB": 12 * 1024, "1MiB": 1024 * 1024}
-CONTENDERS = ("kernel", "user", "nginx", "aiohttp-static", "http.server")
+CONTENDERS = ("kernel", "socketless", "user", "nginx", "aiohttp-static", "http.server")
+# socketless: fileserver with --socketless-close, measured on the rows of a new connection per
+# request only (its keep-alive rows are the kernel contender's; README: what the option costs).
+NEW_CONNECTION_CLIENTS = ("ab-c50", "ab-c10", "wrk-close-c50")
 
 
 # ---- the namespace and the contenders --------------------------------------------------------
@@ -98,9 +101,9 @@ class Running:
 def start(ns: Namespace, name: str, root: Path) -> Running:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     py = sys.executable
-    if name in ("kernel", "user"):
+    if name in ("kernel", "socketless", "user"):
         argv = [py, "-m", "fileserver", "--root", str(root), "--port", str(PORT), "--metrics-port", str(METRICS_PORT),
-                "--hot-after", "0"] + (["--no-kernel-cache"] if name == "user" else [])
+                "--hot-after", "0"] + {"user": ["--no-kernel-cache"], "socketless": ["--socketless-close"]}.get(name, [])
     elif name == "nginx":
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         conf = (HERE / "nginx.conf.in").read_text()
@@ -123,9 +126,9 @@ def start(ns: Namespace, name: str, root: Path) -> Running:
         ok = subprocess.run(ns.argv("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                     f"http://127.0.0.1:{PORT}/128B.bin"), capture_output=True, text=True).stdout
         log_text = (tmp / "server.log").read_text(errors="replace")
-        if ok == "200" and (name != "kernel" or "kernel path: on" in log_text):
+        if ok == "200" and (name not in ("kernel", "socketless") or "kernel path: on" in log_text):
             return running
-        if name == "kernel" and "kernel path: off" in log_text:
+        if name in ("kernel", "socketless") and "kernel path: off" in log_text:
             running.stop()
             raise RuntimeError(f"the kernel path did not start: {log_text[-500:]}")
         time.sleep(0.2)
@@ -183,7 +186,14 @@ def ab(ns: Namespace, url: str, n: int, conc: int, keepalive: bool) -> dict[str,
 
 
 def h2load(ns: Namespace, url: str, conns: int, pipelined: int, seconds: float) -> dict[str, float]:
-    out = ns.cmd("h2load", "--h1", "-t1", f"-c{conns}", f"-m{pipelined}", f"-D{seconds}", url, timeout=seconds + 60)
+    # A server that reads one request per connection (http.server's HTTP/1.0) leaves the other
+    # seven unanswered: h2load closes such a connection after 5 s without a byte (-N), counting them
+    # as errors, rather than waiting for ever.
+    try:
+        out = ns.cmd("h2load", "--h1", "-t1", f"-c{conns}", f"-m{pipelined}", f"-D{seconds}", "-N5s", url,
+                     timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        return {"rps": 0.0, "requests": 0, "errors": conns * pipelined}
     return parse_h2load(out)
 
 
@@ -307,6 +317,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, object]:
                     if name == "kernel":
                         memory["kernel_maps_bytes"] = map_memory(running.pids())
                     for client, size, path in measurements(plan):
+                        if name == "socketless" and client not in NEW_CONNECTION_CLIENTS:
+                            continue
                         r = measure(ns, running, plan, client, path)
                         results.append({"round": rnd, "contender": name, "client": client, "size": size, **r})
                         print(f"round {rnd} {name:15s} {client:9s} {size:6s} {r['rps']:10.0f} req/s  errors {r['errors']}",
@@ -350,35 +362,35 @@ def summarise(results: list[dict[str, object]], plan: Plan) -> dict[str, object]
             }
             if "kernel_share" in rs[0]:
                 row[name]["kernel_share"] = statistics.median(float(r["kernel_share"]) for r in rs)  # type: ignore[index,arg-type]
-        for base in ("nginx", "user"):
+        for who, base in (("kernel", "nginx"), ("kernel", "user"), ("socketless", "nginx")):
             ratios = []
             for rnd in range(plan.rounds):
                 k = [r for r in results if r["round"] == rnd and r["client"] == client and r["size"] == size]
                 kr = {str(r["contender"]): float(r["rps"]) for r in k}  # type: ignore[arg-type]
-                if "kernel" in kr and kr.get(base):
-                    ratios.append(kr["kernel"] / kr[base])
+                if who in kr and kr.get(base):
+                    ratios.append(kr[who] / kr[base])
             if ratios:
-                row[f"kernel_vs_{base}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+                row[f"{who}_vs_{base}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
         cells[f"{client} {size}"] = row
     by_contender = {name: sum(int(r["errors"]) for r in results if r["contender"] == name)  # type: ignore[call-overload]
                     for name in plan.contenders}
     # The run fails only if fileserver itself failed a request; the baselines' own errors are reported.
-    ours = sum(v for k, v in by_contender.items() if k in ("kernel", "user"))
+    ours = sum(v for k, v in by_contender.items() if k in ("kernel", "socketless", "user"))
     return {"cells": cells, "failures": ours, "failures_by_contender": by_contender}
 
 
 def markdown(report: dict[str, object]) -> str:
     cells = report["cells"]  # type: ignore[assignment]
-    lines = ["| client, file | " + " | ".join(CONTENDERS) + " | kernel ÷ nginx | kernel ÷ user |",
-             "|---|" + "---|" * (len(CONTENDERS) + 2)]
+    lines = ["| client, file | " + " | ".join(CONTENDERS) + " | kernel ÷ nginx | kernel ÷ user | socketless ÷ nginx |",
+             "|---|" + "---|" * (len(CONTENDERS) + 3)]
     for key, row in cells.items():  # type: ignore[union-attr]
         parts = []
         for name in CONTENDERS:
             c = row.get(name)
             parts.append(f"{c['rps_median']:,.0f} ({c['rps_min']:,.0f}–{c['rps_max']:,.0f})" if c else "–")
         ratios = []
-        for base in ("nginx", "user"):
-            r = row.get(f"kernel_vs_{base}")
+        for key2 in ("kernel_vs_nginx", "kernel_vs_user", "socketless_vs_nginx"):
+            r = row.get(key2)
             ratios.append(f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})" if r else "–")
         lines.append(f"| {key} | " + " | ".join(parts) + " | " + " | ".join(ratios) + " |")
     lines.append("")
@@ -394,8 +406,9 @@ def markdown(report: dict[str, object]) -> str:
             cpu.append(f"| {key} | " + " | ".join(
                 f"{row[n]['server_cpu_s_per_10k']:.2f} + {row[n]['softirq_s_per_10k']:.2f}" if n in row else "–"
                 for n in CONTENDERS) + " |")
-    share = [f"{k}: {v['kernel']['kernel_share']:.1%}" for k, v in cells.items()  # type: ignore[union-attr]
-             if "kernel" in v and "kernel_share" in v["kernel"]]
+    share = [f"{k}: {v[who]['kernel_share']:.1%}" + (" (socketless)" if who == "socketless" else "")
+             for k, v in cells.items() for who in ("kernel", "socketless")  # type: ignore[union-attr]
+             if who in v and "kernel_share" in v[who]]
     failures = ", ".join(f"{k} {v}" for k, v in report["failures_by_contender"].items())  # type: ignore[union-attr]
     tail = ["", f"Failed or non-2xx requests (socket errors included), all runs: {failures}.",
             "Kernel share of the kernel contender's requests: " + ", ".join(share) + "."]

@@ -61,6 +61,18 @@ static __always_inline int variant_fits(__u32 extra, __u32 hx, __u32 rlen, __u32
     return !extra || (hx >= date_off + DATE_SLOT_LEN && hx <= rlen && hx < CHUNK);
 }
 
+/* A connection without a socket so far (nosock.h) whose first answer does not end it gets its
+ * socket now: the handshake's last ACK, kept back, is the ACK the socket is owed (CONN_SOCK_ACK),
+ * which the answer hands to the socket first (ack_the_socket). It carries the cookie, so the
+ * kernel creates the socket from it. Should that fail (a full accept queue drops it), the next
+ * segment that passes, translated, carries the same cookie (its ACK less delta_out is the SYN-ACK's
+ * sequence again), and the socket is created then, with exactly the bytes the kernel did not answer. */
+static __always_inline void socket_from_cookie(struct conn_state *cs)
+{
+    CONN_SET(cs, CONN_SOCK_ACK);
+    CONN_CLEAR(cs, CONN_NOSOCK);
+}
+
 /* An answer of `total` payload bytes in one segment begins (the caller checked it fits): the
  * connection is claimed (conn_sync.h), the socket gets the ACK it is owed first (ack_the_socket),
  * and the skb becomes the segment's headers, its payload still to be written; *hsum and *psum get
@@ -168,6 +180,14 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
     if (total > win)
         return PASS_WINDOW;
     __u32 req_seq = bpf_ntohl(p->tcp.seq);
+    /* Without a socket so far (nosock.h): an answer that ends the connection in one segment
+     * carries our FIN and needs none; any other gets one (socket_from_cookie). */
+    if (cs->flags & CONN_NOSOCK) {
+        if ((variant == VAR_CLOSE11 || variant == VAR_CLOSE10) && total <= seg)
+            ctx->fin = 1;
+        else
+            socket_from_cookie(cs);
+    }
     if (total > seg) {
         /* Several segments, sent by fs_seg<cls>. Only whole 200s get this long; the head and the
          * variant's header line must sit in the first segment. */
@@ -201,7 +221,7 @@ static __always_inline int send_body(struct __sk_buff *skb, struct answer_ctx *c
 
     store_tcp_csum(skb, l3, psum, (__u64)hsum + body_csum + dsum, 0, 0, NULL);
 
-    record_answer(cs, req_seq, p->payload_len, total, variant, ctx->rolled_back, 1);
+    record_answer(cs, req_seq, p->payload_len, total + ctx->fin, variant, ctx->rolled_back, 1);  /* (a FIN takes a sequence number) */
     conn_release(cs);
     skb->mark = KERNEL_MARK;
     return FS_REDIRECT;
@@ -351,6 +371,8 @@ static __always_inline int send_batch_item(struct __sk_buff *skb, struct answer_
     if (k == 0) {
         if (!fits)
             return PASS_CACHE_RACE;
+        if (cs->flags & CONN_NOSOCK)
+            socket_from_cookie(cs);                 /* (nosock.h: only a single answer closes here) */
         __u32 total = ctx->batch_total;
         __u32 win = (__u32)bpf_ntohs(p->tcp.window) << (cs->client_wscale & 15);
         if (total > win)

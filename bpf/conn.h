@@ -200,7 +200,7 @@ static __always_inline void note_client_ack(struct pkt *p, struct conn_key *k, s
         *version = conn_release(cs);
     }
     /* (told once: the ACK can be on two CPUs at once, and only one sets the bit) */
-    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED)) == CONN_CLOSING &&
+    if ((cs->flags & (CONN_CLOSING | CONN_CLOSE_ACKED | CONN_NOSOCK)) == CONN_CLOSING &&
         !(CONN_SET(cs, CONN_CLOSE_ACKED) & CONN_CLOSE_ACKED))
         tell_close(k, CLOSE_NOW);
 }

@@ -161,6 +161,10 @@ _Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS + 1 <= MAX_TAIL_CALLS, "a longest 
 #ifndef CONN_ENTRIES
 #define CONN_ENTRIES 65536
 #endif
+/* Connections answered and closed without a socket whose client may still send its FIN again
+ * (nosock.h); an LRU (preallocated: about 1.6 MB): one lost leaves that client a reset instead of
+ * our ACK. */
+#define NOSOCK_CLOSED_ENTRIES 16384
 /* user_idle entries: an LRU map is preallocated, so not one per possible connection. Losing an
  * entry only keeps that connection in userspace until its next response. */
 #define USER_IDLE_ENTRIES 4096
@@ -187,6 +191,7 @@ _Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS + 1 <= MAX_TAIL_CALLS, "a longest 
 #define CONN_FIN_IN_ACKED 2048  /* ... and the server socket acknowledged it */
 #define CONN_FIN_OUT 4096       /* the server socket's FIN was seen (fin_out) */
 #define CONN_FIN_OUT_ACKED 8192 /* ... and the client acknowledged it */
+#define CONN_NOSOCK 16384       /* the handshake ended here (SYN cookies): no server socket exists (nosock.h) */
 
 /* Response variants: how aiohttp answers each form of request, reproduced byte for byte. The
  * stored bytes are the first; the others differ in the status line's version digit and/or one

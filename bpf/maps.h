@@ -55,6 +55,11 @@ FS_TABLE("hash", struct conn_key, struct conn_state, conn_state, CONN_ENTRIES, B
  * FIN again to the TIME_WAIT socket. */
 FS_TABLE("lru_hash", struct conn_key, struct closed_conn, closed_conns, CONN_ENTRIES, 0);
 
+/* Socketless connections closed (nosock.h: their client's FIN acknowledged), for a FIN sent again. */
+FS_TABLE("lru_hash", struct conn_key, struct nosock_closed, nosock_closed, NOSOCK_CLOSED_ENTRIES, 0);
+/* A connection's state to build a segment from once its entry is gone (nosock.h). */
+FS_TABLE("percpu_array", int, struct conn_state, conn_scratch, 1, 0);
+
 FS_TABLE("percpu_array", int, struct counters, counters, 1, 0);
 FS_TABLE("percpu_array", int, struct if_counters, if_stats, MAX_IFSTATS, 0);
 

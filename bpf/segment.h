@@ -58,6 +58,7 @@ static __always_inline void segment_hdrs(struct resp_hdrs *h, struct answer_ctx 
     h->tcp.doff = thl / 4;
     h->tcp.ack = 1;
     h->tcp.psh = psh;
+    h->tcp.fin = ctx->fin;
     h->tcp.window = bpf_htons(cs->server_win);
     if (p->has_ts)
         write_ts_option(h->ts, ctx->tsval, ctx->tsecr);

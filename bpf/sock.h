@@ -21,6 +21,25 @@ static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *s
     return bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 }
 
+/* The same lookup for any socket, request sockets included (bpf_skc_lookup_tcp: a request
+ * socket shows BPF_TCP_NEW_SYN_RECV, not its listener). Non-NULL results go to bpf_sk_release. */
+static __always_inline struct bpf_sock *lookup_server_skc(struct __sk_buff *skb, struct pkt *p,
+                                                          struct bpf_sock_tuple *t)
+{
+    if (p->v6) {
+        __builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+        __builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+        t->ipv6.sport = p->tcp.source;
+        t->ipv6.dport = p->tcp.dest;
+        return bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
+    }
+    t->ipv4.saddr = p->saddr[3];
+    t->ipv4.daddr = p->daddr[3];
+    t->ipv4.sport = p->tcp.source;
+    t->ipv4.dport = p->tcp.dest;
+    return bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
 /* The way to the client, as the socket's route has it: its own segments (seen on egress, after
  * the neighbour layer filled in their Ethernet header) leave by one interface for one next hop.
  * The kernel's answers follow them (segment.h), not the request's way in, which differs behind a

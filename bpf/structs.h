@@ -149,6 +149,19 @@ struct if_counters {
 struct clock {
     __u64 updated_ns;       /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last refresh */
     __u8 date[DATE_SLOT_LEN];   /* " " + date + CRLF: at DATE_SLOT_OFFSET of a 200, NM_DATE_SLOT_OFFSET of a 304 */
+    __u32 socketless;       /* 1: --socketless-close is on and the netns sends every SYN-ACK with a
+                             * cookie (net.ipv4.tcp_syncookies=2), checked at each refresh (nosock.h) */
+    __u32 pad;
+};
+
+/* A connection answered and closed without a socket (nosock.h), kept for a FIN its client sends
+ * again because our ACK of it was lost. */
+struct nosock_closed {
+    __u32 srv_seq;          /* our sequence after our FIN (client view) */
+    __u32 fin_end;          /* the client's sequence after its FIN: what our ACK acknowledges */
+    __u32 out_ifindex;      /* the way back (conn_state's) */
+    __u8 next_hop[6];
+    __u16 server_win;
 };
 
 struct counters {
@@ -170,6 +183,7 @@ struct counters {
     __u64 path_mtu;         /* ICMP errors that lowered a connection's path MTU (fragmentation needed, too big) */
     __u64 races;            /* segments dropped because another CPU changed their connection meanwhile */
     __u64 freed;            /* conn_state entries freed at their connection's close */
+    __u64 socketless;       /* connections answered and closed without a server socket (nosock.h) */
     __u64 pass[PASS_SLOTS];     /* by enum pass_reason */
     __u64 errors[ERROR_SLOTS];  /* by enum kernel_error */
 };
@@ -246,6 +260,7 @@ struct answer_ctx {
     __u32 tsecr;
     __u32 seg_resend;           /* these segments were sent before (counted as resent) */
     __u32 probe;                /* the tail probe is being sent (answer.h: send_segment) */
+    __u32 fin;                  /* the segment built carries our FIN (a socketless answer, nosock.h) */
     __u32 parse_calls;          /* fs_parse calls so far (the tail calls left bound the segments) */
     struct bpf_sock_tuple tuple;  /* for the server socket's lookup (bpf/sock.h) */
     /* Pipelined requests answered together (answer.h: send_batch): items[0, n_items), their

@@ -40,6 +40,8 @@ static __always_inline int handle_egress(struct __sk_buff *skb)
             CONN_SET(cs, CONN_TS_SEEN);             /* (once: an atomic per segment would bounce the line) */
     }
     if (p->tcp.syn) {
+        if (cs->flags & CONN_NOSOCK)
+            return FS_PASS;                         /* (kept: the client is past its handshake, nosock.h) */
         /* SYN-ACK: scaling is on only if both sides offered it (RFC 7323 section 1.3). */
         int ws = parse_wscale(skb, p);
         if (ws < 0 || !(cs->flags & CONN_WS_OK)) {

@@ -17,6 +17,7 @@
  * request passes too. The stages return internal results (results.h); main.c's entry points map
  * them to TC verdicts. DESIGN.md tells the whole story. */
 #include "answer.h"
+#include "nosock.h"
 #include "tcp_xlate.h"
 
 /* ---- fs_ingress ---------------------------------------------------------------------------------- */
@@ -66,7 +67,7 @@ static __always_inline int check_segment(struct __sk_buff *skb, struct pkt *p, s
     struct answer_ctx *ctx = answer_scratch.lookup(&zero);
     if (!rb || !ctx)
         return PASS_TOO_LONG;
-    if (!(cs->flags & CONN_SOCK_UP)) {              /* once per connection: it stays up until it closes */
+    if (!(cs->flags & (CONN_SOCK_UP | CONN_NOSOCK))) {  /* once per connection: it stays up until it closes */
         __u32 mss = server_socket_mss(skb, p, &ctx->tuple);
         if (!mss)
             return PASS_HANDSHAKE;
@@ -129,6 +130,10 @@ static __always_inline int finish_pass(struct __sk_buff *skb, struct pkt *p, str
         cs->passed_end = end;
     if (cs->flags & CONN_SOCK_ACK)
         CONN_CLEAR(cs, CONN_SOCK_ACK);              /* the socket gets this segment's ACK itself */
+    /* Without a socket so far (nosock.h): this request's ACK, a cookie, makes the kernel create it
+     * (nosock_segment lets only the first sequence number through to here). */
+    if ((cs->flags & CONN_NOSOCK) && (p->payload_len || p->tcp.fin) && (!(cs->flags & CONN_ANSWERED) || rolled_back))
+        CONN_CLEAR(cs, CONN_NOSOCK);
     xlate_in(skb, p, cs);
     return FS_PASS;
 }
@@ -174,10 +179,18 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
     count_if(skb, 0);
     conn_key_of(k, p, 1);
     if (p->tcp.syn) {
+        /* A kept handshake (nosock.h) is live although the lookup finds the listener: a copy of
+         * its own SYN (its ISN + 1 is where its first request starts) is stale, and would start
+         * the state afresh. A SYN with another ISN is a new connection on the 4-tuple. */
+        struct conn_state *kept = conn_state.lookup(k);
+        if (kept && (kept->flags & CONN_NOSOCK) &&
+            bpf_ntohl(p->tcp.seq) + 1 == ((kept->flags & CONN_ANSWERED) ? kept->last_req_seq : kept->next_seq))
+            return FS_DROP;
         if (!p->tcp.ack && !syn_on_live_connection(skb, p, k, &ctx->tuple))
             new_connection(p, k, skb);
         return FS_PASS;
     }
+    ctx->fin = 0;
     struct conn_state *cs = conn_state.lookup(k);
     if (!cs) {
         struct closed_conn *gone = closed_conns.lookup(k);
@@ -185,11 +198,20 @@ static __always_inline int handle_ingress(struct __sk_buff *skb)
             xlate_closed(skb, p, gone, 1);
         else if (p->payload_len)
             COUNT_PASS(PASS_NO_CONN);
+        else
+            return nosock_late_fin(skb, ctx);
         return FS_PASS;
     }
     cs->last_seen_ns = bpf_ktime_get_ns();
     ctx->version = conn_version(cs);                /* before any check of its state (conn_sync.h) */
     note_client_ack(p, k, cs, &ctx->version);
+    if (cs->flags & CONN_NOSOCK) {
+        int n = nosock_segment(skb, ctx, cs);
+        if (n != FS_CONTINUE)
+            return n;
+    } else if (keep_handshake(skb, ctx, cs)) {
+        return FS_DROP;
+    }
 
     /* Loss recovery of a multi-segment answer the client does not wholly have yet. */
     if (cs->flags & CONN_UNACKED) {
@@ -361,7 +383,7 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
             return FS_DROP;
         }
         if (r == FS_REDIRECT || r == FS_ANSWER_SEGMENTS) {
-            if (cs->flags & CONN_CLOSING)
+            if ((cs->flags & (CONN_CLOSING | CONN_NOSOCK)) == CONN_CLOSING)
                 tell_close(&ctx->key, CLOSE_WANTED);
             count_batch(ctx, cs, ctx->undone_items);
             if (r == FS_ANSWER_SEGMENTS) {
@@ -377,7 +399,7 @@ static __always_inline int handle_send(struct __sk_buff *skb, const int cls)
     }
     int r = answer_request(skb, ctx, t.rb, cs, clk, cls);
     if (r == FS_REDIRECT || r == FS_ANSWER_SEGMENTS) {
-        if (cs->flags & CONN_CLOSING)
+        if ((cs->flags & (CONN_CLOSING | CONN_NOSOCK)) == CONN_CLOSING)   /* (no socket: nothing to close) */
             tell_close(&ctx->key, CLOSE_WANTED);
         count_answer(&t.rb->key, cs, ctx->undone_items);
         if (r == FS_ANSWER_SEGMENTS) {

@@ -72,7 +72,7 @@ class KernelError(enum.IntEnum):
 # `errors[ERROR_SLOTS]`, indexed by PassReason and KernelError.
 COUNTER_FIELDS = ("hits", "hit_bytes", "retransmits", "xlate_in", "xlate_out", "csum_partial", "csum_full",
                   "sack_blanked", "sack_translated", "returns", "segments", "resent", "acks", "probes", "held", "path_mtu",
-                  "races", "freed")
+                  "races", "freed", "socketless")
 COUNTER_ARRAYS = ("pass", "errors")
 # struct if_counters: our port's segments per interface.
 IF_COUNTER_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")
@@ -102,7 +102,7 @@ BODY_MAPS = ("body_1k", "body_2k", "body_4k", "body_8k", "body_16k", "body_32k")
 # Every map bpf/maps.h declares but the per-build tail-call array `progs`: the maps a reload keeps.
 SHARED_MAPS = ("file_cache", *BODY_MAPS, "conn_state", "counters", "if_stats", "if_max_frame", "clock",
                "scratch", "answer_scratch", "egress_scratch", "close_events", "user_idle",
-               "closed_conns")
+               "closed_conns", "nosock_closed", "conn_scratch")
 
 PROG_SEND0 = PROG_PARSE0 + 1               # PROG_SEND0: fs_send<cls> in slot PROG_SEND0 + cls
 PROG_SEG0 = PROG_SEND0 + NR_CLASSES         # PROG_SEG0: fs_seg<cls> in slot PROG_SEG0 + cls

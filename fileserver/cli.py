@@ -93,6 +93,11 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
 @click.option("--backlog", type=int, default=_DEFAULTS.backlog, envvar=_envvar("BACKLOG"),
               help="Listen backlog: connections the kernel queues until the server accepts them (capped by "
                    "net.core.somaxconn).")
+@click.option("--socketless-close/--no-socketless-close", default=_DEFAULTS.socketless_close,
+              envvar=_envvar("SOCKETLESS_CLOSE"),
+              help="Answer connections whose first request is a cached hit that ends them (HTTP/1.0, "
+                   "Connection: close) without any socket; sets net.ipv4.tcp_syncookies=2 in the "
+                   "server's network namespace while running (README: what that costs).")
 @click.option("--max-url-length", type=int, default=_DEFAULTS.max_url_length, envvar=_envvar("MAX_URL_LENGTH"),
               help="Longest request line (400 beyond).")
 @click.option("--max-header-size", type=int, default=_DEFAULTS.max_header_size, envvar=_envvar("MAX_HEADER_SIZE"),

@@ -56,6 +56,10 @@ class Config:
     # than Python accepts them: 128 (aiohttp's default) filled in tens of milliseconds at a few
     # thousand connections per second, and the kernel then drops SYNs (a 1 s retransmission).
     backlog: int = 511
+    # Connections whose first request is a cached hit that ends the connection (HTTP/1.0, ab without
+    # -k, Connection: close) answered without any socket (bpf/nosock.h); sets the namespace's
+    # net.ipv4.tcp_syncookies to 2 while running (syncookies.py says what that costs).
+    socketless_close: bool = False
     max_url_length: int = 8190
     max_header_size: int = 8190
     max_headers: int = 128

@@ -34,6 +34,7 @@ from fileserver.privileges import (
 )
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache, Snapshot
+from fileserver.syncookies import AlwaysCookies
 
 log = logging.getLogger("fileserver.kernel")
 
@@ -116,8 +117,14 @@ class ActiveKernelPath(KernelPath):
         self._refresher: ThreadPoolExecutor | None = None
         self._refreshing: set[str] = set()
         self._refresh_lock = threading.Lock()  # (not _lock: a reload holds that for seconds)
+        self.cookies: AlwaysCookies | None = None
         try:
-            self.maps.refresh_clock(self.dates.now())
+            if config.socketless_close:
+                try:
+                    self.cookies = AlwaysCookies.set()
+                except OSError as e:
+                    log.warning("--socketless-close is off: %s; every connection gets a socket", e)
+            self.maps.refresh_clock(self.dates.now(), self._socketless())
             self._refresh_mtus()
             for ifname in config.interfaces:
                 self._attach(ifname)
@@ -203,7 +210,7 @@ class ActiveKernelPath(KernelPath):
         last_gc = time.monotonic()
         while not self._stop.is_set():
             try:
-                self.maps.refresh_clock(self.dates.now())  # the heartbeat first, even during a reload
+                self.maps.refresh_clock(self.dates.now(), self._socketless())  # the heartbeat first, even during a reload
                 with self._lock:
                     self._refresh_mtus()
                     self.cache.sweep()
@@ -217,10 +224,17 @@ class ActiveKernelPath(KernelPath):
                 log.exception("kernel path maintenance failed")
             self._stop.wait(1.0 - (time.time() % 1.0) + 0.001)
 
+    def _socketless(self) -> bool:
+        """Whether handshakes may end in the kernel now (bpf/nosock.h): asked for, and every SYN
+        still answered with a cookie (read once a second: someone may set it back)."""
+        return self.cookies is not None and self.cookies.active()
+
     def _teardown(self) -> None:
         from fileserver import tc
 
         self._stop.set()
+        if self.cookies is not None:
+            self.maps.refresh_clock(self.dates.now(), False)  # (no handshake kept from here on)
         watcher = getattr(self, "watcher", None)
         if watcher is not None and hasattr(self, "_thread"):
             watcher.shutdown()
@@ -238,6 +252,11 @@ class ActiveKernelPath(KernelPath):
                     log.error("could not detach from %s: %s (run `fileserver detach -i %s -p %d`)", att.ifname, e, att.ifname, att.port)
         self.attachments.clear()
         self.dp.close()
+        # Last: a handshake kept until now still completes from its request's cookie, which the
+        # kernel checks only while cookies are on (cookie_v4_check).
+        if self.cookies is not None:
+            self.cookies.restore()
+            self.cookies = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -260,6 +279,10 @@ class ActiveKernelPath(KernelPath):
         from fileserver import tc
 
         old = self.config
+        if config.socketless_close != old.socketless_close:
+            log.warning("reload: --socketless-close changes only at a restart (it sets a sysctl); keeping it %s",
+                        "on" if old.socketless_close else "off")
+            config = dataclasses.replace(config, socketless_close=old.socketless_close)
         swap = config.parser_limits != old.parser_limits
         added = [i for i in config.interfaces if i not in old.interfaces]
         removed = [a for a in self.attachments if a.ifname not in config.interfaces]

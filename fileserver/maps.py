@@ -92,6 +92,7 @@ class Counters:
     path_mtu: int = 0
     races: int = 0
     freed: int = 0
+    socketless: int = 0
     passes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -127,10 +128,12 @@ class Maps:
     def set_max_frame(self, ifindex: int, mtu: int) -> None:
         self.if_max_frame[ct.c_int(ifindex)] = ct.c_uint(min(mtu + ETH_HLEN_, MAX_FRAME))
 
-    def refresh_clock(self, date: str) -> None:
-        """Write the Date slot bytes and the heartbeat (one atomic hash-map update)."""
+    def refresh_clock(self, date: str, socketless: bool = False) -> None:
+        """Write the Date slot bytes, the heartbeat and whether handshakes may end in the kernel
+        (bpf/nosock.h), in one atomic hash-map update."""
         leaf = self.clock.Leaf()
         leaf.updated_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+        leaf.socketless = int(socketless)
         slot = b" " + date.encode() + b"\r\n"
         assert len(slot) == DATE_SLOT_LEN
         ct.memmove(leaf.date, slot, DATE_SLOT_LEN)

@@ -110,6 +110,11 @@ class FileserverCollector(Collector):
             value=k.freed,
         )
         yield CounterMetricFamily(
+            "fileserver_kernel_socketless_connections",
+            "Connections answered and closed in the kernel without any server socket (--socketless-close)",
+            value=k.socketless,
+        )
+        yield CounterMetricFamily(
             "fileserver_kernel_races",
             "Client segments dropped because another CPU changed their connection's state while they were handled "
             "(the client sends them again)",

@@ -17,7 +17,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     require_root()
     for tool in ("wrk", "ab", "h2load", "nginx"):
         require_tool(tool)
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--contenders", "kernel,user,nginx",
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--contenders", "kernel,socketless,user,nginx",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     reports = list(tmp_path.glob("*.json"))
@@ -28,6 +28,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert {("kernel", "wrk-c50"), ("user", "ab-c50"), ("nginx", "wrk-c1"), ("kernel", "ab-c10"),
             ("nginx", "wrk-close-c50")} <= clients
     assert "kernel_vs_nginx" in data["cells"]["wrk-close-c50 128B"]
+    # --socketless-close: the rows of a new connection per request only, every one from the kernel
+    assert {c for n, c in clients if n == "socketless"} == {"ab-c50", "ab-c10", "wrk-close-c50"}
+    assert data["cells"]["ab-c10 128B"]["socketless"]["kernel_share"] == 1.0
+    assert "socketless_vs_nginx" in data["cells"]["ab-c10 128B"]
     for x in data["results"]:
         assert x["rps"] > 0 and x["requests"] > 0
     kernel_wrk = data["cells"]["wrk-c50 128B"]["kernel"]
