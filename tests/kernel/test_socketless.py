@@ -156,3 +156,26 @@ def test_a_syn_flood_leaves_other_clients_served(netns: NetNS, site: Path, serve
     assert srv.metrics()["fileserver_kernel_socketless_connections_total"] == 500
     raw.close()
 
+
+
+def test_socketless_over_ipv6(netns: NetNS, site: Path, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """The same on ::1 (cookie_v6_check makes the socket of a miss): ab without -k all from the
+    kernel with no socket for any connection with a request, a miss answered by userspace, and an
+    IPv4 client beside it."""
+    ab = require_tool("ab")
+    srv: Server = server_factory(site, "--hot-after", "0", "--socketless-close", "--bind", "0.0.0.0,::")
+    k, u = srv.kernel_hits(), srv.user_hits()
+    s0 = nstat(netns)
+    out = netns.run(ab, "-n", "1000", "-c", "10", "http://[::1]:8080/hot.txt", timeout=120).stdout
+    s1 = nstat(netns)
+    assert re.search(r"Complete requests:\s+1000\b", out) and re.search(r"Failed requests:\s+0\b", out), out
+    d = {n: s1.get(n, 0) - s0.get(n, 0) for n in ("TcpActiveOpens", "TcpPassiveOpens", "TcpOutRsts")}
+    assert d["TcpPassiveOpens"] == d["TcpActiveOpens"] - 1000 <= 10 and d["TcpOutRsts"] == 0, d
+    assert (srv.kernel_hits() - k, srv.user_hits() - u) == (1000, 0)
+    assert fetch_until_closed(netns, b"GET /nothing-here HTTP/1.0\r\n\r\n", host="::1").startswith(b"HTTP/1.0 404 ")
+    assert body_of(fetch_until_closed(netns, CLOSING)) == SITE_FILES["hot.txt"]
+    assert (srv.kernel_hits() - k, srv.user_hits() - u) == (1001, 1)
+    assert srv.metrics()["fileserver_kernel_socketless_connections_total"] == 1001
+    time.sleep(0.5)
+    assert set(busy_sockets(netns)) <= {"TIME-WAIT"}
+    assert_no_tcp_trouble(netns)
