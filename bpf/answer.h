@@ -287,6 +287,15 @@ static __always_inline int answer_request(struct __sk_buff *skb, struct answer_c
 
 /* ---- Pipelined requests answered together ---------------------------------------------------- */
 
+/* Can body h (with size bytes of room for its 200) answer batch item it? The lengths handle_parse
+ * summed came from the entry: they must be this body's. */
+static __always_inline int item_fits(struct body_hdr *h, struct batch_item *it, __u32 size)
+{
+    __u32 rlen = it->is_head ? h->head_len : h->len, extra = variant_extra(it->variant);
+    return rlen + extra == it->len && stored_answer_ok(rlen, size, h->date_off) &&
+           variant_fits(extra, h->head_len - 2, rlen, h->date_off);
+}
+
 /* Answers to pipelined requests that need more than one segment together: each answer starts a
  * segment of its own (a part, conn_state.part_*), so every segment is cut from one stored body as a
  * single answer's are, and the loss recovery of those (in_flight) holds unchanged. A few more
@@ -312,11 +321,7 @@ static __always_inline int batch_in_segments(struct __sk_buff *skb, struct answe
         /* Every body is checked now, not when its segments are cut: committed, a body found gone
          * then could only end the connection (resend_gone); now the segment passes whole. */
         struct body_hdr *h = class_body(it->cls, &it->id);
-        if (!h)
-            return PASS_CACHE_RACE;
-        __u32 rlen = it->is_head ? h->head_len : h->len;
-        if (rlen + extra != it->len || !stored_answer_ok(rlen, class_size(it->cls) - NM_REGION, h->date_off) ||
-            !variant_fits(extra, h->head_len - 2, rlen, h->date_off))
+        if (!h || !item_fits(h, it, class_size(it->cls) - NM_REGION))
             return PASS_CACHE_RACE;
     }
     if (ctx->parse_calls + 1 + segs + 1 > MAX_TAIL_CALLS)
@@ -361,9 +366,7 @@ static __always_inline int send_batch_item(struct __sk_buff *skb, struct answer_
         rlen = it->is_head ? h->head_len : h->len;
         hx = h->head_len - 2;
         date_off = h->date_off;
-        /* (the lengths handle_parse summed came from the entry: they must be this body's) */
-        fits = rlen + extra == it->len && stored_answer_ok(rlen, size, date_off) &&
-               variant_fits(extra, hx, rlen, date_off);
+        fits = item_fits(h, it, size);
     }
     __u32 thl = tcp_hdr_len(p->has_ts);
     __u32 l3 = ip_hlen(p);

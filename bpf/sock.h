@@ -2,23 +2,30 @@
 #pragma once
 #include "structs.h"
 
-/* The server socket of the connection p arrived on (p is client -> server), as a full socket: for
- * a handshake in progress, the listener. Non-NULL results must be given to bpf_sk_release. */
-static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *skb, struct pkt *p,
-                                                            struct bpf_sock_tuple *t)
+/* The lookup tuple of the server socket of the connection p arrived on (p is client -> server). */
+static __always_inline void server_tuple(struct pkt *p, struct bpf_sock_tuple *t)
 {
     if (p->v6) {
         __builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
         __builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
         t->ipv6.sport = p->tcp.source;
         t->ipv6.dport = p->tcp.dest;
-        return bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
+        return;
     }
     t->ipv4.saddr = p->saddr[3];                    /* IPv4-mapped: the address is the last word */
     t->ipv4.daddr = p->daddr[3];
     t->ipv4.sport = p->tcp.source;
     t->ipv4.dport = p->tcp.dest;
-    return bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* The server socket of that connection, as a full socket: for a handshake in progress, the
+ * listener. Non-NULL results must be given to bpf_sk_release. */
+static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *skb, struct pkt *p,
+                                                            struct bpf_sock_tuple *t)
+{
+    server_tuple(p, t);
+    return p->v6 ? bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0)
+                 : bpf_sk_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 }
 
 /* The same lookup for any socket, request sockets included (bpf_skc_lookup_tcp: a request
@@ -26,18 +33,9 @@ static __always_inline struct bpf_sock *lookup_server_socket(struct __sk_buff *s
 static __always_inline struct bpf_sock *lookup_server_skc(struct __sk_buff *skb, struct pkt *p,
                                                           struct bpf_sock_tuple *t)
 {
-    if (p->v6) {
-        __builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
-        __builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
-        t->ipv6.sport = p->tcp.source;
-        t->ipv6.dport = p->tcp.dest;
-        return bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
-    }
-    t->ipv4.saddr = p->saddr[3];
-    t->ipv4.daddr = p->daddr[3];
-    t->ipv4.sport = p->tcp.source;
-    t->ipv4.dport = p->tcp.dest;
-    return bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+    server_tuple(p, t);
+    return p->v6 ? bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0)
+                 : bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 }
 
 /* The way to the client, as the socket's route has it: its own segments (seen on egress, after

@@ -23,10 +23,11 @@ def syncookies(ns: NetNS) -> str:
     return ns.run("sysctl", "-n", "net.ipv4.tcp_syncookies").stdout.strip()
 
 
-def fetch_until_closed(ns: NetNS, request: bytes, host: str = "127.0.0.1", timeout: float = 10) -> bytes:
+def fetch_until_closed(ns: NetNS, request: bytes, host: str = "127.0.0.1", timeout: float = 10,
+                       port: int = 8080) -> bytes:
     """One request on a new connection; every byte until the server closes it."""
     with ns.entered():
-        sock = socket.create_connection((host, 8080), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.sendall(request)
         data = b""
@@ -94,13 +95,7 @@ def test_every_other_first_request_gets_its_socket(netns: NetNS, site: Path, ser
     assert srv.user_hits() == u + 1
     closing = fetch_until_closed(netns, b"GET /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert srv.kernel_hits() == k + 4 and srv.metrics()["fileserver_kernel_socketless_connections_total"] == 1
-    with netns.entered():
-        sock = socket.create_connection(("127.0.0.1", 8081), timeout=5)
-    sock.sendall(b"GET /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    theirs = b""
-    while chunk := sock.recv(65536):
-        theirs += chunk
-    sock.close()
+    theirs = fetch_until_closed(netns, b"GET /style.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", port=8081)
     assert without_date(closing) == without_date(theirs)
     time.sleep(0.5)
     assert busy_sockets(netns) == [] or set(busy_sockets(netns)) <= {"TIME-WAIT"}
