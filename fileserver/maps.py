@@ -118,6 +118,16 @@ class Maps:
         """A map of this set by its name in bpf/maps.h."""
         return self.bpf[(name + self.suffix).encode()]  # type: ignore[index]
 
+    def fd(self, name: str) -> int:
+        """A map's descriptor by its name in bpf/maps.h (without building bcc's Table for it: bcc
+        refuses per-CPU maps whose value is not 8-byte aligned, which the programs use as scratch)."""
+        from bcc import libbcc  # type: ignore[import-not-found]
+
+        fd = libbcc.lib.bpf_table_fd(self.bpf.module, (name + self.suffix).encode())  # type: ignore[attr-defined]
+        if fd < 0:
+            raise KeyError(name)
+        return int(fd)
+
     def close(self) -> None:
         if self.bpf is not None:
             self.bpf.cleanup()  # type: ignore[attr-defined]

@@ -21,6 +21,23 @@ SITE_FILES = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every server this run starts shares one BPF program cache of its own (progcache.py): the
+    first start with a set of flags compiles, later ones load the cached build (the verifier
+    checks it all the same). A fresh directory per run, so a run never depends on an earlier one."""
+    import os
+    import tempfile
+
+    if "FILESERVER_CACHE_DIR" not in os.environ:
+        os.environ["FILESERVER_CACHE_DIR"] = config._fileserver_cache = tempfile.mkdtemp(prefix="fileserver-progcache-")  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = getattr(config, "_fileserver_cache", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """What a test recorded with record_property("summary", ...), such as the counts of the
     differential fuzz run, after the results."""
