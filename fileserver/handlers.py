@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -37,6 +36,7 @@ from fileserver.cache_control import CacheControl
 from fileserver.encoding import offer
 from fileserver.resolve import Outcome, Resolver, is_canonical, origin_form
 from fileserver.snapshot import FileChanging, MemoryCache, Snapshot
+from fileserver.userstats import UserStats
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ ALLOWED_METHODS = "GET, HEAD"
 # Called after userspace served a whole small file with 200: (canonical request path, snapshot).
 ServedHook = Callable[[str, Snapshot], None]
 MissingHook = Callable[[str], None]  # a GET or HEAD of a canonical path that does not exist: its 404
-
-
-class LatencyObserver(Protocol):
-    def observe(self, amount: float) -> None: ...
 
 
 class DateCache:
@@ -63,16 +59,6 @@ class DateCache:
         if second != self._second:
             self._second, self._value = second, http_date(second)
         return self._value
-
-
-class UserStats:
-    """What the userspace path answered (read by the metrics collector)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.response_bytes = 0
-        self.header_timeouts = 0  # connections closed for a request head that did not arrive in time
-        self.refused = 0  # connections over --max-connections, answered 503 and closed
 
 
 class StaticHandler:
@@ -98,7 +84,6 @@ class StaticHandler:
         self.compress = compress
         self.on_served = on_served
         self.on_missing = on_missing
-        self.latency: LatencyObserver | None = None
         self.dates = DateCache()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -106,8 +91,7 @@ class StaticHandler:
         self.stats.requests += 1
         response = await self._respond(request)
         self.stats.response_bytes += _wire_size(response)
-        if self.latency is not None:
-            self.latency.observe(time.perf_counter() - start)
+        self.stats.observe_latency(time.perf_counter() - start)
         return response
 
     # -- helpers that build complete responses --------------------------------------------------

@@ -8,55 +8,66 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from fileserver import __version__
 from fileserver.config import Config
-from fileserver.handlers import UserStats
+from fileserver.userstats import UserStats
 from fileserver.listen import start_site
 
 if TYPE_CHECKING:
     from fileserver.kernel import KernelPath
 
-# Userspace request latency buckets, in seconds: a static file server answers in micro- to milliseconds.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# What userspace answered, summed over the workers at each call (userstats.SharedStats.total).
+StatsSource = Callable[[], UserStats]
 
 
 class FileserverCollector(Collector):
-    def __init__(self, stats: UserStats, kernel: "KernelPath") -> None:
+    def __init__(self, stats: StatsSource, kernel: "KernelPath") -> None:
         self.stats = stats
         self.kernel = kernel
 
     def collect(self) -> Iterator[Metric]:
         k = self.kernel.counters()
+        user = self.stats()
         requests = CounterMetricFamily("fileserver_requests", "HTTP requests answered, by path", labels=["path"])
         requests.add_metric(["kernel"], k.hits)
-        requests.add_metric(["user"], self.stats.requests)
+        requests.add_metric(["user"], user.requests)
         yield requests
         resp_bytes = CounterMetricFamily(
             "fileserver_response_bytes", "Response bytes sent (headers and body), by path", labels=["path"]
         )
         resp_bytes.add_metric(["kernel"], k.hit_bytes)
-        resp_bytes.add_metric(["user"], self.stats.response_bytes)
+        resp_bytes.add_metric(["user"], user.response_bytes)
         yield resp_bytes
         yield CounterMetricFamily(
             "fileserver_header_timeouts",
             "Connections closed because a request head did not arrive within --header-timeout",
-            value=self.stats.header_timeouts,
+            value=user.header_timeouts,
         )
         yield CounterMetricFamily(
             "fileserver_connections_refused",
             "Connections over --max-connections, answered 503 and closed",
-            value=self.stats.refused,
+            value=user.refused,
         )
+        latency = HistogramMetricFamily(
+            "fileserver_user_request_duration_seconds", "Time the userspace handler took to produce a response")
+        latency.add_metric([], user.latency_cumulative(), sum_value=user.latency_sum)
+        yield latency
 
         passes = CounterMetricFamily(
             "fileserver_kernel_passes", "Requests the kernel passed to userspace, by reason", labels=["reason"]
@@ -170,22 +181,21 @@ class FileserverCollector(Collector):
         yield info
 
 
-class Metrics:
-    """The registry and the userspace instruments; one per server (no global default registry)."""
+# Why the server is not ready for traffic (None: it is): /ready's answer.
+ReadySource = Callable[[], str | None]
 
-    def __init__(self, stats: UserStats, kernel: "KernelPath") -> None:
+
+class Metrics:
+    """The registry and the endpoints' sources; one per server (no global default registry)."""
+
+    def __init__(self, stats: StatsSource, kernel: "KernelPath", ready: ReadySource) -> None:
         self.stats = stats
         self.kernel = kernel
+        self.ready = ready
         self.started = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FileserverCollector(stats, kernel))
         ProcessCollector(registry=self.registry)
-        self.user_latency = Histogram(
-            "fileserver_user_request_duration_seconds",
-            "Time the userspace handler took to produce a response",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -199,14 +209,27 @@ async def start_metrics(config: Config, metrics: Metrics) -> AsyncIterator[None]
     async def handle_json(_: web.Request) -> web.Response:
         from fileserver.stats import snapshot
 
-        body = json.dumps(snapshot(metrics.stats, metrics.kernel, metrics.started))
+        body = json.dumps(snapshot(metrics.stats(), metrics.kernel, metrics.started))
         # The demo page on the main port reads this cross-origin; it is read-only and public anyway.
         return web.Response(text=body, content_type="application/json",
                             headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"})
 
+    async def handle_ready(_: web.Request) -> web.Response:
+        # For load balancers' health checks and Kubernetes' readinessProbe: 503 with the reason
+        # until every worker serves the root and, unless --no-kernel-cache, the kernel path is
+        # attached; the endpoint closes as the server starts draining (SIGTERM).
+        reason = metrics.ready()
+        return web.Response(status=200 if reason is None else 503, text=f"{reason or 'ready'}\n",
+                            headers={"Cache-Control": "no-store"})
+
+    async def handle_live(_: web.Request) -> web.Response:
+        return web.Response(text="alive\n", headers={"Cache-Control": "no-store"})  # the event loop answers
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
     app.router.add_get("/stats.json", handle_json)
+    app.router.add_get("/ready", handle_ready)
+    app.router.add_get("/live", handle_live)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

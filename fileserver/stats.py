@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fileserver import __version__
 
 if TYPE_CHECKING:
-    from fileserver.handlers import UserStats
+    from fileserver.userstats import UserStats
     from fileserver.kernel import KernelPath
 
 

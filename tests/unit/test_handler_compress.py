@@ -12,7 +12,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from fileserver import encoding
-from fileserver.handlers import StaticHandler, UserStats
+from fileserver.handlers import StaticHandler
+from fileserver.userstats import UserStats
 from fileserver.resolve import Resolver
 from fileserver.snapshot import MemoryCache
 
