@@ -33,10 +33,15 @@ REPO = HERE.parent
 PORT = 18080
 METRICS_PORT = 19180
 SIZES = {"128B": 128, "1KiB": 1024, "4KiB": 4096, "12KiB": 12 * 1024, "1MiB": 1024 * 1024}
-CONTENDERS = ("kernel", "socketless", "user", "nginx", "aiohttp-static", "http.server")
+CONTENDERS = ("kernel", "socketless", "user", "user-2w", "nginx", "aiohttp-static", "http.server")
 # socketless: fileserver with --socketless-close, measured on the rows of a new connection per
 # request only (its keep-alive rows are the kernel contender's; README: what the option costs).
 NEW_CONNECTION_CLIENTS = ("ab-c50", "ab-c10", "wrk-close-c50")
+# user-2w: userspace alone with --workers 2 (the others run one worker, like nginx here), on the
+# keep-alive wrk rows: how far a second worker takes the userspace path on this machine.
+WORKERS_CLIENTS = ("wrk-c50",)
+FILESERVER_ARGS = {"kernel": [], "socketless": ["--socketless-close"], "user": ["--no-kernel-cache"],
+                   "user-2w": ["--no-kernel-cache"]}
 
 
 # ---- the namespace and the contenders --------------------------------------------------------
@@ -101,9 +106,9 @@ class Running:
 def start(ns: Namespace, name: str, root: Path) -> Running:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     py = sys.executable
-    if name in ("kernel", "socketless", "user"):
+    if name in FILESERVER_ARGS:
         argv = [py, "-m", "fileserver", "--root", str(root), "--port", str(PORT), "--metrics-port", str(METRICS_PORT),
-                "--hot-after", "0"] + {"user": ["--no-kernel-cache"], "socketless": ["--socketless-close"]}.get(name, [])
+                "--hot-after", "0", "--workers", "2" if name == "user-2w" else "1", *FILESERVER_ARGS[name]]
     elif name == "nginx":
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         conf = (HERE / "nginx.conf.in").read_text()
@@ -319,6 +324,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, object]:
                     for client, size, path in measurements(plan):
                         if name == "socketless" and client not in NEW_CONNECTION_CLIENTS:
                             continue
+                        if name == "user-2w" and client not in WORKERS_CLIENTS:
+                            continue
                         r = measure(ns, running, plan, client, path)
                         results.append({"round": rnd, "contender": name, "client": client, "size": size, **r})
                         print(f"round {rnd} {name:15s} {client:9s} {size:6s} {r['rps']:10.0f} req/s  errors {r['errors']}",
@@ -362,7 +369,7 @@ def summarise(results: list[dict[str, object]], plan: Plan) -> dict[str, object]
             }
             if "kernel_share" in rs[0]:
                 row[name]["kernel_share"] = statistics.median(float(r["kernel_share"]) for r in rs)  # type: ignore[index,arg-type]
-        for who, base in (("kernel", "nginx"), ("kernel", "user"), ("socketless", "nginx")):
+        for who, base in (("kernel", "nginx"), ("kernel", "user"), ("socketless", "nginx"), ("user-2w", "user")):
             ratios = []
             for rnd in range(plan.rounds):
                 k = [r for r in results if r["round"] == rnd and r["client"] == client and r["size"] == size]
@@ -375,21 +382,22 @@ def summarise(results: list[dict[str, object]], plan: Plan) -> dict[str, object]
     by_contender = {name: sum(int(r["errors"]) for r in results if r["contender"] == name)  # type: ignore[call-overload]
                     for name in plan.contenders}
     # The run fails only if fileserver itself failed a request; the baselines' own errors are reported.
-    ours = sum(v for k, v in by_contender.items() if k in ("kernel", "socketless", "user"))
+    ours = sum(v for k, v in by_contender.items() if k in FILESERVER_ARGS)
     return {"cells": cells, "failures": ours, "failures_by_contender": by_contender}
 
 
 def markdown(report: dict[str, object]) -> str:
     cells = report["cells"]  # type: ignore[assignment]
-    lines = ["| client, file | " + " | ".join(CONTENDERS) + " | kernel ÷ nginx | kernel ÷ user | socketless ÷ nginx |",
-             "|---|" + "---|" * (len(CONTENDERS) + 3)]
+    lines = ["| client, file | " + " | ".join(CONTENDERS) + " | kernel ÷ nginx | kernel ÷ user | socketless ÷ nginx |"
+             " user-2w ÷ user |",
+             "|---|" + "---|" * (len(CONTENDERS) + 4)]
     for key, row in cells.items():  # type: ignore[union-attr]
         parts = []
         for name in CONTENDERS:
             c = row.get(name)
             parts.append(f"{c['rps_median']:,.0f} ({c['rps_min']:,.0f}–{c['rps_max']:,.0f})" if c else "–")
         ratios = []
-        for key2 in ("kernel_vs_nginx", "kernel_vs_user", "socketless_vs_nginx"):
+        for key2 in ("kernel_vs_nginx", "kernel_vs_user", "socketless_vs_nginx", "user-2w_vs_user"):
             r = row.get(key2)
             ratios.append(f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})" if r else "–")
         lines.append(f"| {key} | " + " | ".join(parts) + " | " + " | ".join(ratios) + " |")

@@ -19,7 +19,8 @@ from aiohttp.http_parser import RawRequestMessage
 
 from fileserver.config import Config
 from fileserver.conns import CloseEvent, canonical_address
-from fileserver.handlers import StaticHandler, UserStats
+from fileserver.handlers import StaticHandler
+from fileserver.userstats import UserStats
 
 # A closing answer the client never acknowledged (its ACK lost): close after this long anyway.
 CLOSE_FALLBACK_S = 3.0
@@ -286,13 +287,14 @@ class HttpServer(web.Server):
         self.registry = ConnectionRegistry(self._loop)
         self.kernel: KernelLink | None = None  # set when the kernel path runs
 
-    def close_for_kernel(self, event: CloseEvent) -> None:
-        """The kernel ended a connection with its answer: close our socket (see the handler)."""
-        addresses = (event.client_ip, event.client_port, event.server_ip, event.server_port)
-        if event.abort:
-            self.registry.reset(addresses)
-        else:
-            self.registry.close_for_kernel(addresses, event.acked)
+    def close_for_kernel(self, events: list[CloseEvent]) -> None:
+        """The kernel ended these connections with its answers: close our sockets (see the handler)."""
+        for event in events:
+            addresses = (event.client_ip, event.client_port, event.server_ip, event.server_port)
+            if event.abort:
+                self.registry.reset(addresses)
+            else:
+                self.registry.close_for_kernel(addresses, event.acked)
 
     def reconfigure(self, config: Config) -> None:
         self._kwargs.update(handler_limits(config))

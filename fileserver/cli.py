@@ -98,6 +98,9 @@ def _read_config_file(ctx: click.Context, _param: click.Parameter, value: Path |
               help="Answer connections whose first request is a cached hit that ends them (HTTP/1.0, "
                    "Connection: close) without any socket; sets net.ipv4.tcp_syncookies=2 in the "
                    "server's network namespace while running (README: what that costs).")
+@click.option("-w", "--workers", type=int, default=_DEFAULTS.workers, envvar=_envvar("WORKERS"),
+              help="Userspace processes accepting on the port (SO_REUSEPORT); 0: one per CPU the server may "
+                   "run on; 1: a single process, no supervisor.")
 @click.option("--max-url-length", type=int, default=_DEFAULTS.max_url_length, envvar=_envvar("MAX_URL_LENGTH"),
               help="Longest request line (400 beyond).")
 @click.option("--max-header-size", type=int, default=_DEFAULTS.max_header_size, envvar=_envvar("MAX_HEADER_SIZE"),
@@ -132,8 +135,11 @@ def main(ctx: click.Context, **opts: object) -> None:
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
+    from fileserver.fdlimit import raise_open_files
     from fileserver.listen import StartupError
     from fileserver.server import serve
+
+    raise_open_files(config.max_connections)
 
     args = sys.argv[1:]
     try:

@@ -60,6 +60,9 @@ class Config:
     # -k, Connection: close) answered without any socket (bpf/nosock.h); sets the namespace's
     # net.ipv4.tcp_syncookies to 2 while running (syncookies.py says what that costs).
     socketless_close: bool = False
+    # Userspace processes (workers.py); 0: one per CPU this process may run on; 1: no supervisor,
+    # one process as before.
+    workers: int = 0
     max_url_length: int = 8190
     max_header_size: int = 8190
     max_headers: int = 128
@@ -119,6 +122,8 @@ class Config:
                             ("--max-headers", self.max_headers)):
             if not 1 <= value <= 1 << 20:
                 raise ConfigError(f"{name} must be between 1 and {1 << 20}")
+        if not 0 <= self.workers <= 1024:
+            raise ConfigError("--workers must be between 1 and 1024 (0: one per CPU)")
         if not 1 <= self.kernel_connections <= 1 << 22:
             raise ConfigError("--kernel-connections must be between 1 and 4194304")
         try:
@@ -133,4 +138,5 @@ class Config:
                     raise ConfigError(
                         f"no network interface named {ifname!r} (see `ip link`): fix --interface, or pass --no-kernel-cache"
                     )
-        return replace(self, root=root.resolve(strict=True))
+        workers = self.workers or len(os.sched_getaffinity(0))
+        return replace(self, root=root.resolve(strict=True), workers=workers)

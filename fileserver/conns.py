@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from fileserver import conn_gc
@@ -74,16 +73,21 @@ class Connections:
         self.capacity = int(self.conn_state.max_entries)
         self.user_idle = maps.table("user_idle")
 
-    def on_close_events(self, callback: Callable[[CloseEvent], None]) -> None:
-        """Deliver close_events records to callback from poll_close_events (one reader thread)."""
+    def open_close_events(self) -> None:
+        """Start reading close_events (then poll_close_events, from one reader thread)."""
+        self._close_batch: list[CloseEvent] = []
 
         def raw(_ctx: object, data: int, _size: int) -> None:
-            callback(close_event(ct.cast(data, ct.POINTER(CloseEventC)).contents))
+            self._close_batch.append(close_event(ct.cast(data, ct.POINTER(CloseEventC)).contents))
 
         self.maps.table("close_events").open_ring_buffer(raw)
 
-    def poll_close_events(self, timeout_ms: int) -> None:
+    def poll_close_events(self, timeout_ms: int) -> list[CloseEvent]:
+        """The records that arrived, waiting up to timeout_ms for the first: all the ring holds,
+        in one batch (one wake-up of the event loop for many closes)."""
         self.maps.bpf.ring_buffer_poll(timeout_ms)  # type: ignore[union-attr]
+        batch, self._close_batch = self._close_batch, []
+        return batch
 
     def mark_user_idle(self, client_ip: str, client_port: int, server_ip: str, server_port: int,
                        consumed: int, written: int) -> None:

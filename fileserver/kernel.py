@@ -61,8 +61,9 @@ class KernelPath:
     def on_user_missing(self, path: str) -> None:
         pass
 
-    def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
-        """Where to send the connections the kernel ended (called in the event loop's thread)."""
+    def set_close_handler(self, handler: Callable[[list[CloseEvent]], None]) -> None:
+        """Where to send the connections the kernel ended, in batches (called in the event loop's
+        thread)."""
 
     def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
         """Userspace has answered all it read from a connection: the kernel may take it back."""
@@ -142,10 +143,11 @@ class ActiveKernelPath(KernelPath):
         self._thread = threading.Thread(target=self._maintain, name="fileserver-kernel", daemon=True)
         self._thread.start()
 
-    def set_close_handler(self, handler: Callable[[CloseEvent], None]) -> None:
+    def set_close_handler(self, handler: Callable[[list[CloseEvent]], None]) -> None:
+        self.conns.open_close_events()
         loop = asyncio.get_running_loop()
-        self.conns.on_close_events(lambda ev: loop.call_soon_threadsafe(handler, ev))
-        self._closer = threading.Thread(target=self._read_close_events, name="fileserver-close", daemon=True)
+        self._closer = threading.Thread(target=self._read_close_events, args=(loop, handler),
+                                        name="fileserver-close", daemon=True)
         self._closer.start()
 
     def user_idle(self, addresses: tuple[str, int, str, int], consumed: int, written: int) -> None:
@@ -161,11 +163,14 @@ class ActiveKernelPath(KernelPath):
             return None
         return None if seen is None else (time.monotonic_ns() - seen) / 1e9
 
-    def _read_close_events(self) -> None:
+    def _read_close_events(self, loop: asyncio.AbstractEventLoop,
+                           handler: Callable[[list[CloseEvent]], None]) -> None:
         """The kernel's close_events ring buffer wakes this thread; the handler runs in the loop."""
         while not self._stop.is_set():
             try:
-                self.conns.poll_close_events(200)
+                events = self.conns.poll_close_events(200)
+                if events:
+                    loop.call_soon_threadsafe(handler, events)
             except Exception:
                 log.exception("reading close events failed")
                 self._stop.wait(1.0)

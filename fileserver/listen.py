@@ -20,13 +20,17 @@ async def start_site(runner: web.BaseRunner, host: str, port: int, what: str, ba
     try:
         await site.start()
     except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            holder = who_listens(port)
-            raise StartupError(
-                f"{what} port {port} is already in use" + (f" by {holder}" if holder else "") + ": pick another port"
-            ) from None
-        if e.errno == errno.EACCES:
-            raise StartupError(f"not allowed to listen on {what} port {port}: use a port above 1023 or run as root") from None
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise StartupError(f"cannot bind to {host}: no such local address (check --bind)") from None
-        raise
+        raise startup_error(e, what, host, port) from None
+
+
+def startup_error(e: OSError, what: str, host: str, port: int) -> Exception:
+    """The StartupError for a failed bind or listen (or e itself, if it is none we can explain)."""
+    if e.errno == errno.EADDRINUSE:
+        holder = who_listens(port)
+        return StartupError(
+            f"{what} port {port} is already in use" + (f" by {holder}" if holder else "") + ": pick another port")
+    if e.errno == errno.EACCES:
+        return StartupError(f"not allowed to listen on {what} port {port}: use a port above 1023 or run as root")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return StartupError(f"cannot bind to {host}: no such local address (check --bind)")
+    return e

@@ -162,7 +162,9 @@ class Server:
     """The real CLI as a subprocess inside a namespace, with its log captured."""
 
     def __init__(self, ns: NetNS, root: Path | None, *args: str, port: int = 8080, metrics_port: int = 9180,
-                 expect_kernel: bool | None = True, user: str | None = None, ambient_caps: str = "") -> None:
+                 expect_kernel: bool | None = True, user: str | None = None, ambient_caps: str = "",
+                 prefix: list[str] | None = None) -> None:
+        """prefix: a command that execs the server (prlimit ... --)."""
         self.ns = ns
         self.root = root
         self.port = port
@@ -178,8 +180,8 @@ class Server:
         # As systemd runs the unit: an unprivileged user, with only the ambient capabilities given.
         plus = ",".join("+" + c for c in ambient_caps.split(",")) if ambient_caps else ""
         caps = [f"--inh-caps={plus}", f"--ambient-caps={plus}"] if plus else ["--inh-caps=-all"]
-        prefix = ["setpriv", f"--reuid={user}", "--regid=65534", "--clear-groups", *caps] if user else []
-        self.proc = ns.popen(*prefix, *self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        setpriv = ["setpriv", f"--reuid={user}", "--regid=65534", "--clear-groups", *caps] if user else []
+        self.proc = ns.popen(*(prefix or []), *setpriv, *self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
         self._wait_ready(expect_kernel)
 
     def log(self) -> str:

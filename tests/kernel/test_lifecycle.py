@@ -92,6 +92,9 @@ def test_not_root_serves_from_userspace(netns: NetNS, server_factory) -> None:  
         os.chmod(root / "hot.txt", 0o644)
         srv = server_factory(root, "--hot-after", "0", expect_kernel=False, user="nobody")
         assert "kernel path off: not root" in srv.log()
+        # A balancer's health check passes over a node whose kernel path was asked for and is off.
+        ready = netns.run("curl", "-s", "-w", " %{http_code}", "http://127.0.0.1:9180/ready").stdout
+        assert ready.startswith("kernel path off: not root") and ready.endswith(" 503"), ready
         out = netns.run("curl", "-s", "http://127.0.0.1:8080/hot.txt").stdout
         assert out.encode() == SITE_FILES["hot.txt"]
         assert srv.user_hits() == 1
