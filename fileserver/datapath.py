@@ -48,7 +48,9 @@ class Datapath:
     """
 
     def __init__(self, port: int, cache_entries: int, verbose: bool = False, source: Path = MAIN_SOURCE,
-                 connections: int = 65536, limits: ParserLimits = ParserLimits(), maps: Maps | None = None) -> None:
+                 connections: int = 65536, limits: ParserLimits = ParserLimits(), maps: Maps | None = None,
+                 use_cache: bool = True) -> None:
+        """use_cache: False compiles even if the program cache holds this build (`fileserver doctor`)."""
         try:
             import bcc  # type: ignore[import-not-found]  # noqa: F401
         except ImportError as e:
@@ -66,7 +68,7 @@ class Datapath:
         self.programs: dict[str, object] = {}
         text = rename_maps(expand_source(source), self.maps.suffix)
         key = cache_key(text, flags)
-        cache = ProgramCache() if cache_enabled() else None
+        cache = ProgramCache() if use_cache and cache_enabled() else None
         entry = cache.read(key) if cache is not None else None
         how = "compiled and loaded"
         try:

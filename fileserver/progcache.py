@@ -25,6 +25,7 @@ import logging
 import os
 import stat
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,24 +202,35 @@ def fill_prog_array(fd: int, slots: dict[int, int]) -> None:
 
 def load_cached(entry: dict[str, object], fds: dict[str, int], verbose: bool) -> dict[str, Program]:
     """Load every program of a cached build with these map descriptors; OSError if the kernel
-    refuses one (the caller compiles instead: the verifier log then comes from bcc)."""
+    refuses one (the caller compiles instead: the verifier log then comes from bcc). The verifier
+    takes most of a start (millions of instructions for the senders): programs are loaded on as
+    many threads as there are CPUs (each thread inherits its creator's capabilities; ctypes lets
+    go of the GIL in the call)."""
     lib = _lib()
     license = str(entry["license"]).encode()
-    loaded: dict[str, Program] = {}
-    try:
-        for name, prog in entry["programs"].items():  # type: ignore[attr-defined]
-            insns = patched(bytes.fromhex(prog["insns"]), [tuple(r) for r in prog["relocations"]], fds)
-            buf = ct.create_string_buffer(insns)
-            log_buf = ct.create_string_buffer(1 << 16) if verbose else None
-            fd = lib.bcc_prog_load(BPF_PROG_TYPE_SCHED_CLS, name[:15].encode(), buf, len(insns), license,
-                                   int(entry["kern_version"]), 1 if verbose else 0, log_buf, len(log_buf) if log_buf else 0)
-            if fd < 0:
-                err = ct.get_errno()
-                detail = log_buf.value.decode(errors="replace")[-2000:] if log_buf else ""
-                raise OSError(err, f"the kernel refused cached program {name}: {os.strerror(err)} {detail}".strip())
-            loaded[name] = Program(name, fd)
-    except BaseException:
+
+    def load(item: tuple[str, dict[str, object]]) -> Program:
+        name, prog = item
+        insns = patched(bytes.fromhex(str(prog["insns"])), [tuple(r) for r in prog["relocations"]], fds)  # type: ignore[attr-defined,misc]
+        buf = ct.create_string_buffer(insns)
+        log_buf = ct.create_string_buffer(1 << 16) if verbose else None
+        fd = lib.bcc_prog_load(BPF_PROG_TYPE_SCHED_CLS, name[:15].encode(), buf, len(insns), license,
+                               int(entry["kern_version"]), 1 if verbose else 0, log_buf,  # type: ignore[call-overload]
+                               len(log_buf) if log_buf else 0)
+        if fd < 0:
+            err = ct.get_errno()
+            detail = log_buf.value.decode(errors="replace")[-2000:] if log_buf else ""
+            raise OSError(err, f"the kernel refused cached program {name}: {os.strerror(err)} {detail}".strip())
+        return Program(name, fd)
+
+    items = list(entry["programs"].items())  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), len(os.sched_getaffinity(0)))),
+                            thread_name_prefix="fileserver-verify") as pool:
+        futures = [pool.submit(load, item) for item in items]
+    loaded = {f.result().name: f.result() for f in futures if f.exception() is None}
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
         for p in loaded.values():
             os.close(p.fd)
-        raise
-    return loaded
+        raise failed
+    return {name: loaded[name] for name, _ in items}

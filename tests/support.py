@@ -147,9 +147,10 @@ def _setns_fd(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "setns failed")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, its output captured."""
-    return subprocess.run([sys.executable, "-m", "fileserver", *args], capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run([sys.executable, "-m", "fileserver", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 def free_port() -> int:
