@@ -218,4 +218,4 @@ _Static_assert(NR_PARSE_STAGES + 1 + MAX_SEGS + 1 <= MAX_TAIL_CALLS, "a longest 
 #define CLOSE_WANTED 1          /* answered with a closing variant: close once acknowledged (or soon) */
 #define CLOSE_NOW 2             /* the client acknowledged that answer: close the socket now */
 #define CLOSE_ABORT 3           /* an answer cannot be completed (its version is gone): reset the connection */
-#define CLOSE_EVENTS_PAGES 16
+#define CLOSE_EVENTS_PAGES 64

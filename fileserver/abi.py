@@ -183,6 +183,8 @@ MAX_FRAME = 16064           # MAX_FRAME: the largest skb bpf_skb_change_tail mak
 CLOSE_WANTED = 1            # CLOSE_WANTED: answered with a closing variant: close once acknowledged
 CLOSE_NOW = 2               # CLOSE_NOW: the client acknowledged that answer: close now
 CLOSE_ABORT = 3             # CLOSE_ABORT: an answer cannot be completed: reset the connection
+CONN_CLOSING = 8            # CONN_CLOSING: conn_state.flags: the kernel's last answer ends the connection
+CONN_CLOSE_ACKED = 16       # CONN_CLOSE_ACKED: ... and the client has acknowledged it
 
 
 class ConnKeyC(ct.Structure):

@@ -248,6 +248,9 @@ class ConnectionRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
+    def addresses(self) -> list[Addresses]:
+        return list(self._open)
+
     def add(self, addresses: Addresses, handler: _RequestHandler) -> None:
         self._open[addresses] = handler
         early = self._pending.pop(addresses, None)

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 
 from fileserver import conn_gc
-from fileserver.abi import CLOSE_ABORT, CLOSE_NOW, CloseEventC
+from fileserver.abi import CLOSE_ABORT, CLOSE_NOW, CONN_CLOSE_ACKED, CONN_CLOSING, CloseEventC, KernelError
 from fileserver.maps import Maps
 
 
@@ -107,6 +107,22 @@ class Connections:
         except KeyError:
             return None
         return int(leaf.last_seen_ns) if leaf.delta_in else None
+
+    def kernel_closing(self, client_ip: str, client_port: int, server_ip: str, server_port: int) -> CloseEvent | None:
+        """The close event this connection's state implies, if the kernel's last answer on it
+        ended it: what its lost close_events record said (see closes_lost)."""
+        try:
+            leaf = self.conn_state[conn_key(self.conn_state, client_ip, client_port, server_ip, server_port)]
+        except KeyError:
+            return None
+        if not leaf.flags & CONN_CLOSING:
+            return None
+        return CloseEvent(client_ip, client_port, server_ip, server_port, bool(leaf.flags & CONN_CLOSE_ACKED))
+
+    def closes_lost(self) -> int:
+        """close_events records the programs could not write (the ring was full): the count only
+        grows, so a reader that sees it move looks for those connections in conn_state."""
+        return self.maps.counters().errors.get(KernelError.CLOSE_LOST.label, 0)
 
     def entries(self) -> int:
         return sum(1 for _ in self.conn_state.keys())

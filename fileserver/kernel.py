@@ -73,6 +73,14 @@ class KernelPath:
         requests on it (None otherwise)."""
         return None
 
+    def closes_lost(self) -> int:
+        """How many close events the programs could not write so far (a full ring)."""
+        return 0
+
+    def kernel_closing(self, addresses: tuple[str, int, str, int]) -> CloseEvent | None:
+        """The close event a connection's kernel state implies (its last answer ended it), if any."""
+        return None
+
     def counters(self) -> Counters:
         return Counters()
 
@@ -162,6 +170,15 @@ class ActiveKernelPath(KernelPath):
         except (OSError, ValueError):  # not an IP address
             return None
         return None if seen is None else (time.monotonic_ns() - seen) / 1e9
+
+    def closes_lost(self) -> int:
+        return self.conns.closes_lost()
+
+    def kernel_closing(self, addresses: tuple[str, int, str, int]) -> CloseEvent | None:
+        try:
+            return self.conns.kernel_closing(*addresses)
+        except (OSError, ValueError):  # not an IP address
+            return None
 
     def _read_close_events(self, loop: asyncio.AbstractEventLoop,
                            handler: Callable[[list[CloseEvent]], None]) -> None:

@@ -20,6 +20,7 @@ from fileserver.userstats import UserStats
 
 log = logging.getLogger("fileserver")
 
+LOST_CLOSES_CHECK_S = 1.0
 ACCESS_LOG_FORMAT = '%a - - %t "%r" %s %b "%{Referer}i" "%{User-Agent}i"'
 
 
@@ -59,6 +60,26 @@ class Userspace:
                     missing: Callable[[str], None]) -> None:
         self.handler.on_served, self.handler.on_missing = served, missing
         self.http.kernel = kernel
+        self._kernel = kernel
+        self._closes_lost = kernel.closes_lost()
+        asyncio.get_running_loop().call_later(LOST_CLOSES_CHECK_S, self._find_lost_closes)
+
+    def _find_lost_closes(self) -> None:
+        """A close event the ring had no room for (errors{kind="close_lost"} moved) leaves its
+        socket open until a timeout: find such connections by their kernel state instead, once a
+        second, and close them as their events would have (a second late, nothing lost)."""
+        try:
+            lost = self._kernel.closes_lost()
+            if lost != self._closes_lost:
+                self._closes_lost = lost
+                events = [ev for a in self.http.registry.addresses() if (ev := self._kernel.kernel_closing(a))]
+                if events:
+                    log.warning("the close-event ring was full: closing %d connection(s) the kernel ended, "
+                                "found in conn_state", len(events))
+                    self.http.close_for_kernel(events)
+        except Exception:
+            log.exception("looking for connections whose close event was lost failed")
+        asyncio.get_running_loop().call_later(LOST_CLOSES_CHECK_S, self._find_lost_closes)
 
     async def reconfigure(self, new: Config) -> None:
         """Apply a reloaded configuration's userspace part (see _Reloader for the order)."""
