@@ -10,8 +10,12 @@ say() { printf 'setup: %s\n' "$*"; }
 if [ "$(id -u)" -ne 0 ]; then
     say "not root: skipping apt packages and kernel headers (run 'sudo make setup' for the kernel path)"
 else
-    pkgs=(python3-bpfcc python3-venv python3-pip bpftool linux-headers-amd64 iproute2 wrk apache2-utils curl
-          ethtool systemd procps chromium fonts-dejavu-core nginx-light nghttp2-client)
+    # FILESERVER_SETUP=runtime (the Dockerfile): what the server needs, without the test and
+    # benchmark tools (wrk, ab, chromium, nginx, h2load, ...) and the test extras.
+    pkgs=(python3-bpfcc python3-venv python3-pip bpftool linux-headers-amd64 iproute2 curl procps)
+    if [ "${FILESERVER_SETUP:-}" != runtime ]; then
+        pkgs+=(wrk apache2-utils ethtool systemd chromium fonts-dejavu-core nginx-light nghttp2-client haproxy)
+    fi
     missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -29,7 +33,7 @@ else
         fi
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
         [ "$created_policy" = 1 ] && rm -f "$policy"
-        systemctl disable --now nginx >/dev/null 2>&1 || true
+        systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
     else
         say "apt packages present"
     fi
@@ -61,7 +65,11 @@ stamp="$venv/.installed"
 if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
     say "installing fileserver into $venv"
     "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e "$here[test]"
+    if [ "${FILESERVER_SETUP:-}" = runtime ]; then
+        "$venv/bin/pip" install -q -e "$here"
+    else
+        "$venv/bin/pip" install -q -e "$here[test]"
+    fi
     touch "$stamp"
 else
     say "virtualenv up to date"
