@@ -179,7 +179,13 @@ def load_programs(bpf: object, verbose: bool) -> dict[str, object]:
                 raise DatapathError("not allowed to load BPF programs: run as root (or with CAP_BPF and CAP_NET_ADMIN)")
             raise DatapathError(f"the kernel rejected BPF program {name}: {_summarise(detail)} (run with -v for the verifier log)")
     progs = bpf[b"progs"]  # type: ignore[index]
-    for first, names in ((PROG_PARSE0, PARSE_PROGRAMS), (PROG_SEND0, SEND_PROGRAMS), (PROG_SEG0, SEG_PROGRAMS)):
-        for i, name in enumerate(names):
-            progs[ct.c_int(first + i)] = ct.c_int(programs[name].fd)  # type: ignore[attr-defined]
+    for slot, fd in tail_call_slots(programs).items():
+        progs[ct.c_int(slot)] = ct.c_int(fd)
     return programs
+
+
+def tail_call_slots(programs: dict[str, object]) -> dict[int, int]:
+    """Each tail-call target's slot in `progs` and its program's descriptor (PROG_* in consts.h)."""
+    return {first + i: programs[name].fd  # type: ignore[attr-defined]
+            for first, names in ((PROG_PARSE0, PARSE_PROGRAMS), (PROG_SEND0, SEND_PROGRAMS), (PROG_SEG0, SEG_PROGRAMS))
+            for i, name in enumerate(names)}

@@ -12,17 +12,17 @@ import os
 import time
 from pathlib import Path
 
-from fileserver.abi import (
-    NR_PROGS,
-    PARSE_PROGRAMS,
-    PROG_PARSE0,
-    PROG_SEG0,
-    PROG_SEND0,
-    SEG_PROGRAMS,
-    SEND_PROGRAMS,
-    SHARED_MAPS,
+from fileserver.abi import NR_PROGS, SHARED_MAPS
+from fileserver.bpf_build import (
+    MAIN_SOURCE,
+    DatapathError,
+    cflags,
+    compile_text,
+    expand_source,
+    load_programs,
+    rename_maps,
+    tail_call_slots,
 )
-from fileserver.bpf_build import MAIN_SOURCE, DatapathError, cflags, compile_text, expand_source, load_programs, rename_maps
 from fileserver.config import ParserLimits
 from fileserver.conns import Connections
 from fileserver.maps import Maps
@@ -102,10 +102,7 @@ class Datapath:
         try:
             self._progs_fd = create_prog_array("progs", NR_PROGS)
             self.programs = dict(load_cached(entry, self._map_fds(), verbose))
-            fill_prog_array(self._progs_fd, {
-                first + i: self.programs[name].fd  # type: ignore[attr-defined]
-                for first, names in ((PROG_PARSE0, PARSE_PROGRAMS), (PROG_SEND0, SEND_PROGRAMS), (PROG_SEG0, SEG_PROGRAMS))
-                for i, name in enumerate(names)})
+            fill_prog_array(self._progs_fd, tail_call_slots(self.programs))
         except (OSError, KeyError) as e:
             log.warning("compiling the BPF programs: their cached build did not load (%s)", e)
             self._close_cached()

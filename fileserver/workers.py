@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import errno
 import logging
@@ -273,7 +274,7 @@ class Pool:
         self.stopping = True
         for w in self.workers:
             if w.pid:
-                with _gone_ok():
+                with contextlib.suppress(ProcessLookupError):  # (it exited meanwhile)
                     os.kill(w.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.config.shutdown_timeout + STOP_GRACE_S
         while any(w.pid for w in self.workers):
@@ -282,7 +283,7 @@ class Pool:
                 for w in self.workers:
                     if w.pid:
                         log.error("worker %d (pid %d) did not drain in time: killing it", w.index, w.pid)
-                        with _gone_ok():
+                        with contextlib.suppress(ProcessLookupError):  # (it exited meanwhile)
                             os.kill(w.pid, signal.SIGKILL)
                 deadline = float("inf")
             await asyncio.sleep(0.05)
@@ -333,16 +334,6 @@ class Pool:
 
     def lost_messages(self) -> int:
         return sum(w.channel.lost for w in self.workers if w.channel is not None)
-
-
-class _gone_ok:
-    """Ignore ProcessLookupError (a worker that exited meanwhile)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is ProcessLookupError
 
 
 async def supervise(config: Config, ready: asyncio.Event | None,
